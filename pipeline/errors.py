@@ -1,0 +1,48 @@
+"""Errors a user can act on: each names the file, the key, what was expected and what was found.
+
+They are raised where a problem is detected and caught once, at the command line,
+to print the message and exit non-zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline reports to a user."""
+
+
+class InputError(PipelineError):
+    """A problem with an input: a file, a key inside it, a value."""
+
+    def __init__(self, file: str | Path | None, key: str, expected: str, found: str = "") -> None:
+        self.file = Path(file) if file is not None else None
+        self.key = key
+        self.expected = expected
+        self.found = found
+        where = str(self.file) if self.file is not None else "(no file)"
+        message = f"{where}: {key}: expected {expected}"
+        if found:
+            message += f", found {found}"
+        super().__init__(message)
+
+
+class CatalogError(InputError):
+    """The catalog file is wrong: an unknown key, a bad value, a missing section."""
+
+
+class SourceError(InputError):
+    """A source raster cannot be read or does not match what the catalog declares."""
+
+
+class AlignmentError(InputError):
+    """Modalities cannot be put on one grid (no CRS, no overlap)."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, corrupt, a pickle, or does not match the scene."""
+
+
+class ClusterError(PipelineError):
+    """The Dask cluster cannot run the work (scheduler unreachable, no GPU worker)."""
