@@ -1,0 +1,136 @@
+"""The one interface every missing-modality classifier implements.
+
+    logits = model(inputs, available)
+
+``inputs`` maps a modality name to a float tensor (B, C_m, P, P): the patch
+around each pixel, already normalised. ``available`` is a bool tensor (B, M)
+in the order of ``config.modalities``; a missing modality arrives zero-filled
+with ``available`` false. Training goes through the same interface: a trainer
+asks for the stages, configures each, and calls ``training_loss``; it never
+needs to know which method it trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    """What a model needs to know about its data, and its hyper-parameters.
+
+    Args:
+        method: registry name (``mamol``, ``baseline``, ``mmp``, ``lvpcnet``).
+        modalities: modality names, in the order of the ``available`` columns.
+        bands: band count per modality, same order.
+        num_classes: number of output classes (logit k is class index k).
+        patch_size: side of the square patch in pixels (odd; the pixel is the centre).
+        backbone: backbone preset name (see ``models.backbone.PRESETS``).
+        pretrained: CLIP weights (a local file path, or an open_clip tag to download), or None.
+        kinds: modality kinds (hs, lidar, sar, msi), same order; used by methods that describe modalities.
+        class_names: class names, index order.
+        class_descriptions: per class, text per key ('shared' and modality kinds), for language-guided methods.
+        params: method hyper-parameters (see each method's docstring).
+    """
+
+    method: str
+    modalities: list[str]
+    bands: list[int]
+    num_classes: int
+    patch_size: int = 7
+    backbone: str = "tiny"
+    pretrained: str | None = None
+    kinds: list[str] | None = None
+    class_names: list[str] | None = None
+    class_descriptions: list[dict[str, str]] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.modalities) != len(self.bands):
+            raise ValueError(f"{len(self.modalities)} modalities but {len(self.bands)} band counts")
+        if self.kinds is not None and len(self.kinds) != len(self.modalities):
+            raise ValueError(f"{len(self.modalities)} modalities but {len(self.kinds)} kinds")
+        if self.patch_size % 2 == 0:
+            raise ValueError(f"patch_size must be odd, got {self.patch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class OptimizerDefaults:
+    """A method's paper training defaults."""
+
+    lr: float = 2e-3
+    weight_decay: float = 2e-2
+    warmup_fraction: float = 0.1
+    batch_size: int = 128
+
+
+class MissingModalityClassifier(nn.Module):
+    """Base class: subclasses implement ``forward`` and may override the training hooks."""
+
+    optimizer_defaults = OptimizerDefaults()
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # -- inference -------------------------------------------------------
+    def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- training hooks --------------------------------------------------
+    def stages(self) -> list[str]:
+        """Names of the training stages, in order; most methods have one."""
+        return ["main"]
+
+    def configure_stage(self, stage: str) -> list[nn.Parameter]:
+        """Set ``requires_grad`` for ``stage`` and return the parameters to optimise."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def training_availability(self, available: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Availability the model trains on for a batch; methods that mask modalities themselves override it."""
+        return available
+
+    def training_loss(self, inputs: dict[str, Tensor], available: Tensor, targets: Tensor, stage: str) -> dict[str, Tensor]:
+        """Losses for one batch; ``loss`` is what is minimised, other entries are logged."""
+        logits = self(inputs, available)
+        ce = nn.functional.cross_entropy(logits, targets)
+        return {"loss": ce, "ce": ce.detach()}
+
+    def zero_missing(self, inputs: dict[str, Tensor], available: Tensor) -> dict[str, Tensor]:
+        """Inputs with every unavailable modality's patch set to zero, so its values cannot leak."""
+        out = {}
+        for i, name in enumerate(self.config.modalities):
+            x = inputs[name]
+            mask = available[:, i].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            out[name] = x * mask
+        return out
+
+    def check_inputs(self, inputs: dict[str, Tensor], available: Tensor) -> None:
+        cfg = self.config
+        missing = [m for m in cfg.modalities if m not in inputs]
+        if missing:
+            raise ValueError(f"inputs lack modalities {missing}; the model expects {cfg.modalities}")
+        for name, bands in zip(cfg.modalities, cfg.bands):
+            shape = tuple(inputs[name].shape)
+            if len(shape) != 4 or shape[1] != bands or shape[2] != cfg.patch_size or shape[3] != cfg.patch_size:
+                raise ValueError(
+                    f"modality {name!r}: expected a tensor (B, {bands}, {cfg.patch_size}, {cfg.patch_size}), got {shape}"
+                )
+        if available.dtype != torch.bool or available.dim() != 2 or available.shape[1] != len(cfg.modalities):
+            raise ValueError(f"available must be a bool tensor (B, {len(cfg.modalities)}), got {available.dtype} {tuple(available.shape)}")
