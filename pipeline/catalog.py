@@ -189,6 +189,9 @@ class Scene(_Section):
     grid: Grid
     availability: Availability = Field(default_factory=Availability)
     labels: Labels | None = None
+    generate: Literal["demo"] | None = Field(
+        default=None, description="sources the pipeline generates on first use (the procedural demo scene)"
+    )
 
     @field_validator("name")
     @classmethod
