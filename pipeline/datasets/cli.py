@@ -1,0 +1,83 @@
+"""Command line: ``python -m pipeline.datasets fetch NAME [--dest DIR] [--mirror URL]`` and ``list [NAME]``.
+
+Exit codes: 0 done, 1 a dataset could not be fetched (the message says what to download by hand
+and where to put it), 2 wrong usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.datasets.fetch import FileState, dataset_dir, dataset_status, default_root, fetch_dataset
+from pipeline.datasets.registry import DATASETS
+from pipeline.errors import PipelineError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m pipeline.datasets``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.datasets",
+        description="Download the public benchmarks into data/<name>/, sha256-verified and resumable.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    dest_help = f"root folder under which data/<name>/ is laid out (default: {default_root()})"
+
+    fetch = commands.add_parser("fetch", help="download a dataset's missing files")
+    fetch.add_argument("name", choices=sorted(DATASETS))
+    fetch.add_argument("--dest", type=Path, default=None, help=dest_help)
+    fetch.add_argument(
+        "--mirror", default=None, metavar="URL_BASE", help="fetch <URL_BASE>/<file name> instead of the public mirrors"
+    )
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds a connection or read may block")
+
+    listing = commands.add_parser("list", help="datasets, their files and whether each is present and verified")
+    listing.add_argument("name", nargs="?", choices=sorted(DATASETS))
+    listing.add_argument("--dest", type=Path, default=None, help=dest_help)
+    return parser
+
+
+def _describe(state: FileState) -> str:
+    line = f"  {state.state:<10} {state.name}"
+    if state.action:
+        line += f"  ({state.action})"
+    if state.state == "unverified":
+        line += f"  sha256 {state.sha256} (no known checksum: not verified)"
+    elif state.state == "mismatch":
+        line += f"  sha256 {state.sha256} does not match the registry"
+    return line
+
+
+def _list(names: Sequence[str], root: Path | None) -> None:
+    for name in names:
+        dataset = DATASETS[name]
+        print(f"{dataset.name}: {dataset.title}")
+        print(f"  folder     {dataset_dir(dataset, root)}")
+        for state in dataset_status(dataset, root):
+            print(_describe(state))
+        print(f"  source     {dataset.homepage}{'  (registration required)' if dataset.registration_required else ''}")
+        print(f"  license    {dataset.license}")
+        print(f"  cite       {dataset.citation}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (argparse exits with 2 on wrong usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            _list([args.name] if args.name else list(DATASETS), args.dest)
+        else:
+            print(f"{args.name} -> {dataset_dir(DATASETS[args.name], args.dest)}")
+            fetch_dataset(
+                args.name,
+                args.dest,
+                mirror=args.mirror,
+                timeout=args.timeout,
+                on_file=lambda state: print(_describe(state), flush=True),
+            )
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
