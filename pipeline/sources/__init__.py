@@ -80,7 +80,8 @@ def _read_modality(modality: Modality, where: str) -> xr.DataArray:
     values = da.values.astype("float32", copy=True)
     if nodata is not None and not np.isnan(nodata):
         values[values == np.float32(nodata)] = np.nan
-    crs, transform = da.rio.crs, da.rio.transform() if da.rio.crs is not None else None
+    crs = da.rio.crs
+    transform = da.rio.transform() if crs is not None else None
     out = da.copy(data=values)
     out.attrs = {}
     out.encoding = {}
