@@ -280,7 +280,7 @@ class Output(_Section):
     folder: Path = Path("outputs")
     formats: list[Literal["cog", "png", "json", "stac"]] = Field(default_factory=lambda: ["cog", "png", "json", "stac"])
     tile_size: int = Field(default=128, ge=8)
-    batch_pixels: int = Field(default=1024, ge=1)
+    batch_pixels: int = Field(default=256, ge=1, description="pixels per forward pass; small batches stay in CPU cache")
 
 
 class Cluster(_Section):

@@ -1,0 +1,65 @@
+"""Per-modality token projection: each pixel of a modality's patch becomes one token.
+
+A modality's patch (B, C_m, P, P) gives P*P tokens: a linear map of the
+pixel's C_m bands to the backbone width, plus a position embedding (one per
+pixel position, shared by the modalities) and the modality's embedding. The
+tokens of all modalities are concatenated in ``config.modalities`` order:
+(B, M*P*P, width).
+
+A missing modality's tokens are replaced, whatever its tensor holds, by
+zeros (``missing_tokens="zero"``, the paper) or by a learnable per-position
+dummy (``missing_tokens="dummy"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+MISSING_TOKEN_MODES = ("zero", "dummy")
+
+
+class ModalityProjection(nn.Module):
+    """Patches of M modalities -> (B, M*P*P, width) tokens, with missing ones replaced.
+
+    Args:
+        modalities: names, in the order of the ``available`` columns.
+        bands: band count per modality.
+        patch_size: patch side in pixels.
+        width: token width (the backbone's).
+        missing_tokens: ``"zero"`` or ``"dummy"``.
+    """
+
+    def __init__(
+        self, modalities: list[str], bands: list[int], patch_size: int, width: int, missing_tokens: str = "zero"
+    ) -> None:
+        super().__init__()
+        if missing_tokens not in MISSING_TOKEN_MODES:
+            raise ValueError(f"missing_tokens must be one of {MISSING_TOKEN_MODES}, got {missing_tokens!r}")
+        self.modalities = list(modalities)
+        self.patch_size = patch_size
+        self.tokens_per_modality = patch_size * patch_size
+        self.missing_tokens = missing_tokens
+        self.band_maps = nn.ModuleDict({name: nn.Linear(c, width) for name, c in zip(modalities, bands)})
+        scale = width**-0.5
+        self.position = nn.Parameter(scale * torch.randn(self.tokens_per_modality, width))
+        self.modality = nn.Parameter(scale * torch.randn(len(modalities), width))
+        if missing_tokens == "dummy":
+            self.dummy = nn.Parameter(scale * torch.randn(len(modalities), self.tokens_per_modality, width))
+
+    def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
+        groups = []
+        for i, name in enumerate(self.modalities):
+            present = available[:, i].view(-1, 1, 1)
+            x = inputs[name].flatten(2).transpose(1, 2)  # (B, P*P, C_m)
+            # zero the raw values too, so NaN/inf in a missing patch cannot reach the gradients
+            x = torch.where(present, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            tokens = self.band_maps[name](x) + self.position + self.modality[i]
+            fill = self.dummy[i].to(tokens.dtype) if self.missing_tokens == "dummy" else tokens.new_zeros(())
+            groups.append(torch.where(present, tokens, fill))
+        return torch.cat(groups, dim=1)
+
+    def modality_slices(self) -> list[slice]:
+        """Token index range of each modality in the concatenated sequence."""
+        n = self.tokens_per_modality
+        return [slice(i * n, (i + 1) * n) for i in range(len(self.modalities))]

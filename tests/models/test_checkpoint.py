@@ -1,0 +1,136 @@
+"""Checkpoints: safetensors + JSON round trip, atomic writes, pickles and mismatches refused."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from models import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    build_model,
+    checkpoint_hash,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+THREE = (["hs", "sar", "dsm"], [30, 4, 1])
+METADATA = {"mean": {"hs": [0.1] * 30}, "classes": ["a", "b"], "catalog_sha256": "abc"}
+
+
+@pytest.mark.parametrize("method", ["mamol", "baseline"])
+def test_round_trip_gives_identical_logits(method, tmp_path, make_config, make_batch):
+    torch.manual_seed(0)
+    config = make_config(method, THREE, missing_tokens="dummy")
+    model = build_model(config)
+    for p in model.parameters():  # trained-looking weights (LoRA B is zero at init)
+        p.data.add_(0.01 * torch.randn_like(p))
+    model.eval()
+    inputs = make_batch(config)
+    available = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 1, 0]], dtype=torch.bool)
+    expected = model(inputs, available)
+
+    path = save_checkpoint(model, tmp_path / "ckpt", metadata=METADATA)
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    saved = json.loads((path / "config.json").read_text())
+    assert saved["format_version"] == 1 and saved["model"]["method"] == method
+    assert saved["model"]["bands"] == [30, 4, 1] and set(saved["versions"]) >= {"torch", "open_clip", "python"}
+
+    loaded, metadata = load_checkpoint(path, expected_modalities=["hs", "sar", "dsm"], expected_bands=[30, 4, 1])
+    assert metadata == METADATA
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.config == model.config
+    assert torch.equal(loaded(inputs, available), expected)
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path, make_config):
+    torch.manual_seed(0)
+    first = build_model(make_config("baseline"))
+    path = save_checkpoint(first, tmp_path / "ckpt")
+    first_hash = checkpoint_hash(path)
+    assert checkpoint_hash(path) == first_hash and len(first_hash) == 64
+    second = build_model(make_config("baseline"))
+    save_checkpoint(second, tmp_path / "ckpt", metadata={"run": 2})
+    assert checkpoint_hash(path) != first_hash
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    loaded, metadata = load_checkpoint(path)
+    assert metadata == {"run": 2}
+    assert torch.equal(loaded.head.weight, second.head.weight)
+
+
+def test_metadata_that_is_not_json_writes_nothing(tmp_path, make_config):
+    model = build_model(make_config("baseline"))
+    with pytest.raises(TypeError):
+        save_checkpoint(model, tmp_path / "ckpt", metadata={"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["model.pt", "weights.pth", "weights.safetensors"])
+def test_pickle_file_is_refused(name, tmp_path, make_config):
+    model = build_model(make_config("baseline"))
+    path = tmp_path / name
+    torch.save(model.state_dict(), path)  # zip-format pickle, whatever its suffix
+    with pytest.raises(CheckpointFormatError, match="pickle checkpoints are refused; convert to safetensors") as info:
+        load_checkpoint(path)
+    assert info.value.path == path
+
+
+def test_plain_pickle_and_pickle_only_directory_are_refused(tmp_path, make_config):
+    raw = tmp_path / "state"
+    raw.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointFormatError, match="pickle"):
+        load_checkpoint(raw)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save(build_model(make_config("baseline")).state_dict(), folder / "model.pt")
+    with pytest.raises(CheckpointFormatError, match="pickle checkpoints are refused"):
+        load_checkpoint(folder)
+
+
+def test_missing_and_corrupt_files_are_refused(tmp_path, make_config):
+    with pytest.raises(CheckpointFormatError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+    path = save_checkpoint(build_model(make_config("mamol")), tmp_path / "ckpt")
+    weights = (path / "model.safetensors").read_bytes()
+
+    (path / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointFormatError, match="not a readable safetensors") as info:
+        load_checkpoint(path)
+    assert info.value.path == path
+
+    (path / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointFormatError, match="not a readable safetensors"):
+        load_checkpoint(path)
+
+    (path / "model.safetensors").write_bytes(weights)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointFormatError, match="not valid JSON"):
+        load_checkpoint(path)
+
+    (path / "config.json").unlink()
+    with pytest.raises(CheckpointFormatError, match="config.json is missing"):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_model_are_refused(tmp_path, make_config):
+    path = save_checkpoint(build_model(make_config("mamol")), tmp_path / "ckpt")
+    other = save_checkpoint(build_model(make_config("baseline")), tmp_path / "other")
+    (path / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointFormatError, match="weights do not fit"):
+        load_checkpoint(path)
+
+
+def test_modality_or_band_mismatch_is_refused(tmp_path, make_config):
+    path = save_checkpoint(build_model(make_config("mamol")), tmp_path / "ckpt")  # hs 63, lidar 2
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint(path, expected_modalities=["hs", "sar"], expected_bands=[63, 2])
+    message = str(info.value)
+    assert str(path) in message and "['hs', 'lidar']" in message and "['hs', 'sar']" in message
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint(path, expected_modalities=["hs", "lidar"], expected_bands=[144, 2])
+    message = str(info.value)
+    assert str(path) in message and "'hs': 63" in message and "[144, 2]" in message
+    assert isinstance(info.value, ValueError) and info.value.path == path
