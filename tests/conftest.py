@@ -1,0 +1,83 @@
+"""Shared fixtures: a small generated demo scene, catalogs pointing at it, and one trained checkpoint.
+
+The scene is made by the project's own generator (``pipeline.demo``) at a reduced
+size, written as GeoTIFFs, so the tests go through the same readers as users.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.catalog import Catalog, parse_catalog
+from pipeline.demo import generate_demo_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SMALL_SHAPE = (64, 160)
+
+
+@pytest.fixture(scope="session")
+def small_demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 64 x 160 demo scene (same generator and layout rules as catalogs/demo.yaml)."""
+    folder = tmp_path_factory.mktemp("small-demo")
+    return generate_demo_scene(folder, seed=0, height=SMALL_SHAPE[0], width=SMALL_SHAPE[1])
+
+
+def small_demo_dict(files: dict[str, Path], output: Path, **sections: Any) -> dict[str, Any]:
+    """catalogs/demo.yaml re-pointed at the small scene's files, with fast training settings.
+
+    ``sections`` replace keys of the top-level sections, e.g. ``model={"method": "baseline"}``.
+    """
+    data = yaml.safe_load((ROOT / "catalogs" / "demo.yaml").read_text())
+    scene = data["scenes"][0]
+    scene.pop("generate", None)
+    folder = files["hs"].parent
+    for modality in scene["modalities"]:
+        modality["source"]["path"] = str(folder / Path(modality["source"]["path"]).name)
+    for cloud in scene["availability"]["clouds"]:
+        cloud["path"] = str(folder / Path(cloud["path"]).name)
+    for failure in scene["availability"]["failures"]:
+        if "footprint" in failure:
+            failure["footprint"] = str(folder / Path(failure["footprint"]).name)
+    scene["labels"]["source"]["path"] = str(folder / Path(scene["labels"]["source"]["path"]).name)
+    data["output"]["folder"] = str(output)
+    data["output"]["tile_size"] = 32
+    data["training"].update({"samples_per_class": 40, "epochs": 2, "batch_size": 64, "max_steps": 8})
+    data["cluster"] = {"workers": 1, "threads_per_worker": 1}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+def small_demo_catalog(files: dict[str, Path], output: Path, **sections: Any) -> Catalog:
+    return parse_catalog(small_demo_dict(files, output, **sections), ROOT / "catalogs" / "demo.yaml")
+
+
+@pytest.fixture
+def demo_catalog(small_demo_files: dict[str, Path], tmp_path: Path) -> Catalog:
+    """A fresh catalog on the small scene, writing into this test's tmp_path."""
+    return small_demo_catalog(small_demo_files, tmp_path / "out")
+
+
+@pytest.fixture(scope="session")
+def trained_demo(small_demo_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, Path]:
+    """A catalog on the small scene and a MaMOL checkpoint trained on it once for the whole session."""
+    from pipeline.train import train
+
+    out = tmp_path_factory.mktemp("trained-demo")
+    catalog = small_demo_catalog(small_demo_files, out)
+    result = train(catalog, progress=False)
+    return catalog, result.checkpoint
+
+
+def with_checkpoint(catalog: Catalog, checkpoint: Path, output: Path) -> Catalog:
+    """A copy of ``catalog`` that maps with ``checkpoint`` into ``output``."""
+    data = copy.deepcopy(catalog.model_dump(mode="json"))
+    data["model"]["checkpoint"] = str(checkpoint)
+    data["output"]["folder"] = str(output)
+    return parse_catalog(data, catalog.path)
