@@ -115,13 +115,19 @@ def evaluate(
     scene_name: str | None = None,
     max_test_pixels: int | None = 5000,
     progress: bool = True,
+    rows: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Run a protocol and write its tables under ``output``; returns the JSON-ready results."""
+    """Run a protocol (or only its ``rows``, 0-based) and write its tables under ``output``; returns the results."""
     scene = catalog.scene(scene_name)
     assert scene.labels is not None
     names = [c.name for c in scene.labels.classes]
     variants = [MethodVariant.parse(m) for m in methods]
     settings = protocol_settings(protocol, scene.modality_names)
+    if rows is not None:
+        bad = [r for r in rows if not 0 <= r < len(settings)]
+        if bad:
+            raise ValueError(f"rows {bad} are not rows of {protocol} (0..{len(settings) - 1})")
+        settings = [settings[r] for r in rows]
     output.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -272,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="folder for the tables (default: <output.folder>/<scene>/evaluation/<protocol>)")
     parser.add_argument("--max-test-pixels", type=int, default=5000, help="stratified cap on test pixels (0: all)")
     parser.add_argument("--epochs", type=int, help="override training.epochs")
+    parser.add_argument("--rows", help="comma-separated 0-based rows of the protocol to run (default: all)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -283,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = args.methods.split(",") if args.methods else default_methods(args.protocol, catalog)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [catalog.training.seed]
         output = args.output or Path(catalog.output.folder) / scene.name / "evaluation" / args.protocol
-        results = evaluate(catalog, args.protocol, methods, seeds, output, scene.name, args.max_test_pixels or None, not args.quiet)
+        rows = [int(r) for r in args.rows.split(",")] if args.rows else None
+        results = evaluate(catalog, args.protocol, methods, seeds, output, scene.name, args.max_test_pixels or None, not args.quiet, rows)
     except (PipelineError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -254,6 +254,15 @@ def prepare_training_data(catalog: Catalog, scene: Scene, seed: int, method: str
     tile = catalog.output.tile_size
     train_p, train_real = gather_patches(ds, modalities, split.train_rows, split.train_cols, config.patch_size, stats, tile)
     val_p, val_real = gather_patches(ds, modalities, split.val_rows, split.val_cols, config.patch_size, stats, tile)
+    # A labelled pixel where no modality is available (cloud over a LiDAR gap) can't teach anything.
+    keep_train, keep_val = train_real.any(axis=1), val_real.any(axis=1)
+    split.train_rows, split.train_cols, split.train_targets = (a[keep_train] for a in (split.train_rows, split.train_cols, split.train_targets))
+    split.val_rows, split.val_cols, split.val_targets = (a[keep_val] for a in (split.val_rows, split.val_cols, split.val_targets))
+    train_p = {m: v[keep_train] for m, v in train_p.items()}
+    val_p = {m: v[keep_val] for m, v in val_p.items()}
+    train_real, val_real = train_real[keep_train], val_real[keep_val]
+    if not len(split.train_targets):
+        raise InputError(catalog.path, f"scenes[{scene.name!r}].labels", "training pixels where some modality is available", "none")
     return TrainingData(ds, config, split, stats, modalities, train_p, train_real, val_p, val_real)
 
 
