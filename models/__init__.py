@@ -3,7 +3,7 @@
 Importing the package registers every method module.
 """
 
-from models import baseline, mamol  # noqa: F401  (registration)
+from models import baseline, lvpcnet, mamol, mmp  # noqa: F401  (registration)
 from models.backbone import (
     PRESETS,
     BackbonePreset,

@@ -71,6 +71,11 @@ def skip_pretrained_weights() -> Iterator[None]:
         _skip_pretrained.reset(token)
 
 
+def pretrained_weights_skipped() -> bool:
+    """Whether :func:`skip_pretrained_weights` is active: weights (and precomputed buffers) will come from a checkpoint."""
+    return _skip_pretrained.get()
+
+
 def uses_quick_gelu(preset: str, pretrained: str | None, override: bool | None = None) -> bool:
     """Whether the blocks use QuickGELU (OpenAI CLIP weights do, LAION weights do not).
 

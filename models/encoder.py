@@ -55,8 +55,16 @@ class PatchTransformerClassifier(MissingModalityClassifier):
 
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
         self.check_inputs(inputs, available)
+        return self.classify_tokens(self.tokens(inputs, available), available)
+
+    def tokens(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
+        """Tokens (B, M*P*P, width) entering the backbone; methods that rebuild missing tokens override this."""
+        return self.projection(inputs, available)
+
+    def classify_tokens(self, tokens: Tensor, available: Tensor) -> Tensor:
+        """Backbone blocks, per-modality mean features and the head, on the tokens of :meth:`tokens`."""
         context = self.block_context(available)
-        x = self.backbone.ln_pre(self.projection(inputs, available))
+        x = self.backbone.ln_pre(tokens)
         for index, block in enumerate(self.backbone.blocks):
             x = self.run_block(index, block, x, context)
         x = self.backbone.ln_post(x)

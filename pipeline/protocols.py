@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from models.masking import mmp_mask  # MMP masks inside the model; re-exported for the protocols' users
 from pipeline.catalog import Protocol
 from pipeline.errors import CatalogError, InputError
 
@@ -210,37 +210,6 @@ def mamol_table3_rows(modalities: Sequence[str], overall: float = 0.75) -> list[
         rates = {m: (1.0 if m == full else round(others, 6)) for m in names}
         rows.append(RatesRow(label=f"{full} complete, others {others:.1%}", rates=rates, eta=None))
     return rows
-
-
-# --------------------------------------------------------------------------- MMP
-
-
-def mmp_mask(available: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
-    """MMP's training-time masking: drop each available modality with probability ``p``, keep at least one.
-
-    Args:
-        available: bool (B, M), what each sample really has.
-        p: drop probability per modality, in [0, 1).
-        generator: torch generator for repeatable draws.
-
-    Returns:
-        bool (B, M), a subset of ``available``. A sample whose draw dropped every
-        available modality is drawn again, so the result follows the drop
-        distribution conditioned on keeping at least one. Samples with nothing
-        available stay empty.
-    """
-    if not 0 <= p < 1:
-        raise ValueError(f"p must lie in [0, 1), got {p}")
-    available = available.bool()
-    device = generator.device if generator is not None else available.device
-    kept = available & (torch.rand(available.shape, generator=generator, device=device).to(available.device) >= p)
-    redraw = available.any(dim=1) & ~kept.any(dim=1)
-    while bool(redraw.any()):
-        rows = redraw.nonzero(as_tuple=True)[0]
-        draw = torch.rand((len(rows), available.shape[1]), generator=generator, device=device)
-        kept[rows] = available[rows] & (draw.to(available.device) >= p)
-        redraw = available.any(dim=1) & ~kept.any(dim=1)
-    return kept
 
 
 # --------------------------------------------------------------------------- tables on disk

@@ -21,7 +21,7 @@ THREE = (["hs", "sar", "dsm"], [30, 4, 1])
 METADATA = {"mean": {"hs": [0.1] * 30}, "classes": ["a", "b"], "catalog_sha256": "abc"}
 
 
-@pytest.mark.parametrize("method", ["mamol", "baseline"])
+@pytest.mark.parametrize("method", ["mamol", "baseline", "mmp", "lvpcnet"])
 def test_round_trip_gives_identical_logits(method, tmp_path, make_config, make_batch):
     torch.manual_seed(0)
     config = make_config(method, THREE, missing_tokens="dummy")

@@ -7,7 +7,7 @@ import torch
 
 from models import build_model
 
-METHODS = ["mamol", "baseline"]
+METHODS = ["mamol", "baseline", "mmp", "lvpcnet"]
 TWO = (["hs", "lidar"], [63, 2])
 THREE = (["hs", "sar", "dsm"], [30, 4, 1])
 

@@ -1,0 +1,332 @@
+"""LVPCnet: Language-Guided Visual Prompt Compensation ("Language-Guided Visual Prompt
+Compensation for Multi-Modal Remote Sensing Image Classification with Modality Absence").
+
+Each modality's patch becomes P*P tokens (``models.projection``). A shared
+encoder (one for all modalities) and a specific encoder per modality, each a
+stack of ``encoder_layers`` open_clip blocks at the backbone preset's width,
+turn a modality's tokens into a shared and a specific feature (mean of the
+output tokens). The head sees ``[mean of the shared features of the available
+modalities, specific feature of every modality]`` (B, (1+M)*width).
+
+Language features (``models.text``): per class a shared sentence and one per
+modality kind (HS colour and material, LiDAR height, SAR backscatter and
+roughness), from the catalog's ``classes[].description`` or templates,
+encoded once by open_clip's text encoder and kept as buffers (``text_shared``
+(K, D) and ``text_specific`` (M, K, D)), so a checkpoint holds them and
+loading one never builds the text tower.
+
+Two training stages (:meth:`stages`):
+
+``align``: the tokenizers, the encoders, the heads and the visual-to-text
+    projections train. Loss: cross-entropy on complete samples, plus
+    ``align_weight`` times the class-level supervised contrastive loss of the
+    shared features with the shared sentences and of each modality's specific
+    features with its own sentences, over the samples where the modality is
+    available. The contrastive loss is symmetric: each pixel against the K
+    class texts (its class positive), and each class text present in the batch
+    against the batch's pixels (all pixels of the class positive).
+``prompt``: only the compensation trains, everything else is frozen. For a
+    missing modality m, a conv per available modality j maps j's patch to m's
+    channel count (the mean over the available j), and m's specific encoder
+    runs on it with deep visual prompts (``prompt_length`` learnable tokens
+    put before the tokens of each of the first ``prompt_depth`` blocks). The
+    trainer's availability drops one modality of every sample with two or
+    more; the loss is cross-entropy plus ``align_weight`` times the
+    contrastive loss of the compensated specific features with the missing
+    modality's sentences.
+
+At inference a missing modality's specific feature is the compensated one;
+the shared feature averages the available modalities only.
+
+``config.params``:
+    encoder_layers: blocks per encoder (default 4; at most the preset's depth).
+    prompt_length: prompt tokens per prompted block (default 4).
+    prompt_depth: prompted blocks, from the first (default 4; at most ``encoder_layers``).
+    conv_kernel: kernel side of the compensation convs (default 3).
+    temperature: of the contrastive loss (default 0.07).
+    align_weight: weight of the contrastive loss (default 1.0).
+    text_preset: text encoder, ``ViT-B-16`` or ``tiny`` (default: ``ViT-B-16``
+        with CLIP weights, else ``tiny``, random, with a warning).
+    text_pretrained: CLIP weights for the text encoder (default ``model.pretrained``).
+    text_seed: seed of a random text encoder (default 0).
+    quick_gelu: force the blocks' activation (default: from the weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from models.backbone import CLIP_MODEL, Backbone, build_backbone, pretrained_weights_skipped
+from models.base import MissingModalityClassifier, ModelConfig
+from models.encoder import resolve_params
+from models.projection import ModalityProjection
+from models.registry import register
+from models.text import class_texts, encode_texts, text_feature_dim
+
+log = logging.getLogger(__name__)
+
+STAGES = ("align", "prompt")
+
+LVPCNET_PARAMS: dict[str, Any] = {
+    "encoder_layers": 4,
+    "prompt_length": 4,
+    "prompt_depth": 4,
+    "conv_kernel": 3,
+    "temperature": 0.07,
+    "align_weight": 1.0,
+    "text_preset": None,
+    "text_pretrained": None,
+    "text_seed": 0,
+    "quick_gelu": None,
+}
+
+
+class PromptedEncoder(nn.Module):
+    """``ln_pre``, open_clip blocks, ``ln_post``; the mean of the output tokens, with optional deep prompts."""
+
+    def __init__(self, backbone: Backbone, layers: int) -> None:
+        super().__init__()
+        self.ln_pre = copy.deepcopy(backbone.ln_pre)
+        self.blocks = nn.ModuleList(copy.deepcopy(block) for block in backbone.blocks[:layers])
+        self.ln_post = copy.deepcopy(backbone.ln_post)
+
+    def forward(self, tokens: Tensor, prompts: Tensor | None = None) -> Tensor:
+        """(B, N, width) tokens -> (B, width). ``prompts`` (depth, length, width) replace the prompt
+        tokens before each of the first ``depth`` blocks (deep VPT); they are dropped before pooling."""
+        x = self.ln_pre(tokens)
+        skip = 0
+        for depth, block in enumerate(self.blocks):
+            if prompts is not None and depth < prompts.shape[0]:
+                prompt = prompts[depth].to(x.dtype).expand(x.shape[0], -1, -1)
+                x = torch.cat([prompt, x[:, skip:]], dim=1)
+                skip = prompts.shape[1]
+            x = block(x)
+        return self.ln_post(x[:, skip:]).mean(dim=1)
+
+
+class LVPCFeatures(NamedTuple):
+    """One forward pass: logits (B, K); shared (M, B, width) and specific (B, M, width) features,
+    float32, zero where not computed; compensated (B, M): where the specific feature is the prompted one."""
+
+    logits: Tensor
+    shared: Tensor
+    specific: Tensor
+    compensated: Tensor
+
+
+@register("lvpcnet")
+class LVPCNet(MissingModalityClassifier):
+    """Shared and specific encoders aligned with class language features; prompt compensation of missing modalities."""
+
+    default_params = LVPCNET_PARAMS
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        p = self.params = resolve_params(config, self.default_params)
+        if len(config.modalities) < 2:
+            raise ValueError(f"LVPCnet compensates a missing modality from the others: it needs two or more, got {config.modalities}")
+        backbone = build_backbone(config.backbone, config.pretrained, p["quick_gelu"])
+        width, layers = backbone.width, min(int(p["encoder_layers"]), backbone.layers)
+        if layers < 1:
+            raise ValueError(f"encoder_layers must be >= 1, got {p['encoder_layers']}")
+        depth, length = min(int(p["prompt_depth"]), layers), int(p["prompt_length"])
+        if depth < 1 or length < 1:
+            raise ValueError(f"prompt_depth and prompt_length must be >= 1, got {p['prompt_depth']} and {length}")
+        names = list(config.modalities)
+        self.width = width
+        self.projection = ModalityProjection(names, config.bands, config.patch_size, width, "zero")
+        self.shared = PromptedEncoder(backbone, layers)
+        self.specific = nn.ModuleDict({name: PromptedEncoder(backbone, layers) for name in names})
+        self.head = nn.Linear((1 + len(names)) * width, config.num_classes)
+
+        text_preset, text_weights = self._text_source()
+        text_dim = text_feature_dim(text_preset)
+        self.shared_to_text = nn.Linear(width, text_dim)
+        self.specific_to_text = nn.ModuleDict({name: nn.Linear(width, text_dim) for name in names})
+        self.register_buffer("text_shared", torch.zeros(config.num_classes, text_dim))
+        self.register_buffer("text_specific", torch.zeros(len(names), config.num_classes, text_dim))
+        if not pretrained_weights_skipped():  # a checkpoint brings the features
+            self._encode_class_texts(text_preset, text_weights)
+
+        kernel = int(p["conv_kernel"])
+        self.convs = nn.ModuleDict(
+            {
+                target: nn.ModuleDict(
+                    {source: nn.Conv2d(c_source, c_target, kernel, padding=kernel // 2)
+                     for source, c_source in zip(names, config.bands) if source != target}
+                )
+                for target, c_target in zip(names, config.bands)
+            }
+        )
+        self.prompts = nn.ParameterDict({name: nn.Parameter(width**-0.5 * torch.randn(depth, length, width)) for name in names})
+        self.current_stage = STAGES[0]
+
+    # -- language features -------------------------------------------------------
+    def _text_source(self) -> tuple[str, str | None]:
+        p, pretrained = self.params, self.config.pretrained
+        weights = p["text_pretrained"]
+        preset = p["text_preset"] or (CLIP_MODEL if (weights or pretrained) else "tiny")
+        if weights is None and preset == CLIP_MODEL:
+            weights = pretrained
+        return preset, None if weights is None else str(weights)
+
+    def _encode_class_texts(self, preset: str, weights: str | None) -> None:
+        cfg = self.config
+        names = cfg.class_names or [f"class {k}" for k in range(cfg.num_classes)]
+        if len(names) != cfg.num_classes:
+            raise ValueError(f"{len(names)} class names for {cfg.num_classes} classes")
+        kinds = cfg.kinds or list(cfg.modalities)
+        texts = class_texts(names, kinds, cfg.class_descriptions)
+        sentences = texts.shared + [s for per_kind in texts.per_modality for s in per_kind]
+        features = encode_texts(sentences, preset, weights, self.params["quick_gelu"], int(self.params["text_seed"]))
+        k = cfg.num_classes
+        self.text_shared.copy_(features[:k])
+        self.text_specific.copy_(features[k:].view(len(cfg.modalities), k, -1))
+
+    # -- inference ------------------------------------------------------------------
+    def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
+        return self.features(inputs, available).logits
+
+    def features(self, inputs: dict[str, Tensor], available: Tensor, compensate: bool = True) -> LVPCFeatures:
+        """Logits and the features the losses need; ``compensate=False`` leaves missing specific features zero."""
+        self.check_inputs(inputs, available)
+        names = self.config.modalities
+        inputs = {name: zero_where_missing(inputs[name], available[:, i]) for i, name in enumerate(names)}
+        tokens = self.projection(inputs, available)
+        groups = [tokens[:, part] for part in self.projection.modality_slices()]
+        batch = available.shape[0]
+        shared, specific = [], []
+        for i, name in enumerate(names):
+            present = available[:, i].nonzero(as_tuple=True)[0]
+            shared.append(self._rows(self.shared, groups[i], present, batch))
+            own = self._rows(self.specific[name], groups[i], present, batch)
+            absent = (~available[:, i]).nonzero(as_tuple=True)[0]
+            if compensate and absent.numel():
+                own = own.index_copy(0, absent, self.compensate(i, inputs, available, absent).float())
+            specific.append(own)
+        shared_t = torch.stack(shared)  # (M, B, width)
+        weights = available.T.float().unsqueeze(-1)
+        shared_mean = (shared_t * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1.0)
+        specific_t = torch.stack(specific, dim=1)  # (B, M, width)
+        logits = self.head(torch.cat([shared_mean, specific_t.flatten(1)], dim=-1))
+        compensated = ~available if compensate else torch.zeros_like(available)
+        return LVPCFeatures(logits, shared_t, specific_t, compensated)
+
+    def _rows(self, encoder: PromptedEncoder, tokens: Tensor, rows: Tensor, batch: int) -> Tensor:
+        """``encoder`` on the rows ``rows`` of ``tokens``; (batch, width) float32, zeros elsewhere."""
+        out = tokens.new_zeros((batch, self.width), dtype=torch.float32)
+        if rows.numel() == 0:
+            return out
+        return out.index_copy(0, rows, encoder(tokens.index_select(0, rows)).float())
+
+    def compensate(self, target: int, inputs: dict[str, Tensor], available: Tensor, rows: Tensor) -> Tensor:
+        """Specific features (len(rows), width) of the missing modality ``target`` on ``rows``.
+
+        Each available modality's patch is mapped by its conv to the target's
+        bands (mean over the available ones), tokenised as the target, and the
+        target's specific encoder runs on it with the target's prompts.
+        """
+        names = self.config.modalities
+        name = names[target]
+        avail = available.index_select(0, rows)
+        mapped, count = None, avail.new_zeros(rows.shape[0], dtype=torch.float32)
+        for j, source in enumerate(names):
+            if j == target:
+                continue
+            present = avail[:, j]
+            out = zero_where_missing(self.convs[name][source](inputs[source].index_select(0, rows)), present)
+            mapped = out if mapped is None else mapped + out
+            count = count + present.float()
+        assert mapped is not None
+        mapped = mapped / count.clamp(min=1.0).view(-1, 1, 1, 1).to(mapped.dtype)
+        proj = self.projection
+        tokens = proj.band_maps[name](mapped.flatten(2).transpose(1, 2)) + proj.position + proj.modality[target]
+        return self.specific[name](tokens, self.prompts[name])
+
+    # -- training hooks ------------------------------------------------------------
+    def stages(self) -> list[str]:
+        return list(STAGES)
+
+    def compensation_parameters(self) -> list[nn.Parameter]:
+        """What stage ``prompt`` trains: the deep prompts and the compensation convs."""
+        return list(self.prompts.parameters()) + list(self.convs.parameters())
+
+    def configure_stage(self, stage: str) -> list[nn.Parameter]:
+        if stage not in STAGES:
+            raise ValueError(f"unknown training stage {stage!r}; LVPCnet has stages {list(STAGES)}")
+        self.current_stage = stage
+        compensation = {id(p) for p in self.compensation_parameters()}
+        for param in self.parameters():
+            param.requires_grad_((id(param) in compensation) == (stage == "prompt"))
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def training_availability(self, available: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``align``: the batch as it is. ``prompt``: one available modality dropped from every sample with two or more."""
+        if self.current_stage != "prompt":
+            return available
+        scores = torch.rand(available.shape, generator=generator, device=generator.device if generator is not None else available.device)
+        scores = scores.to(available.device).masked_fill(~available, -1.0)
+        drop = nn.functional.one_hot(scores.argmax(dim=1), available.shape[1]).bool()
+        several = available.sum(dim=1, keepdim=True) >= 2
+        return available & ~(drop & several)
+
+    def training_loss(self, inputs: dict[str, Tensor], available: Tensor, targets: Tensor, stage: str) -> dict[str, Tensor]:
+        if stage not in STAGES:
+            raise ValueError(f"unknown training stage {stage!r}; LVPCnet has stages {list(STAGES)}")
+        out = self.features(inputs, available, compensate=stage == "prompt")
+        temperature = float(self.params["temperature"])
+        align_terms: list[Tensor] = []
+        if stage == "align":
+            complete = available.all(dim=1)
+            ce = (
+                nn.functional.cross_entropy(out.logits[complete], targets[complete])
+                if bool(complete.any()) else out.logits.new_zeros((), dtype=torch.float32)
+            )
+            for i, name in enumerate(self.config.modalities):
+                rows = available[:, i]
+                if bool(rows.any()):
+                    shared = self.shared_to_text(out.shared[i][rows])
+                    own = self.specific_to_text[name](out.specific[rows, i])
+                    align_terms.append(class_text_contrastive(shared, self.text_shared, targets[rows], temperature))
+                    align_terms.append(class_text_contrastive(own, self.text_specific[i], targets[rows], temperature))
+        else:
+            ce = nn.functional.cross_entropy(out.logits, targets)
+            for i, name in enumerate(self.config.modalities):
+                rows = out.compensated[:, i]
+                if bool(rows.any()):
+                    own = self.specific_to_text[name](out.specific[rows, i])
+                    align_terms.append(class_text_contrastive(own, self.text_specific[i], targets[rows], temperature))
+        align = torch.stack(align_terms).mean() if align_terms else ce.new_zeros(())
+        loss = ce.float() + float(self.params["align_weight"]) * align
+        return {"loss": loss, "ce": ce.detach(), "align": align.detach()}
+
+
+def zero_where_missing(x: Tensor, present: Tensor) -> Tensor:
+    """``x`` (B, ...) with the rows where ``present`` (B,) is false set to zero (NaN and inf included)."""
+    mask = present.view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def class_text_contrastive(visual: Tensor, text: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """Class-level supervised contrastive loss between pixel features (N, D) and class texts (K, D).
+
+    Pixel to text: cross-entropy of each pixel over the K class texts, its own
+    class positive. Text to pixel: for each class present in the batch, the
+    mean over its pixels of -log softmax over the batch's pixels (all pixels of
+    the class are positives of its text). The loss is the mean of the two.
+    """
+    v = nn.functional.normalize(visual.float(), dim=-1)
+    t = nn.functional.normalize(text.float(), dim=-1)
+    similarity = v @ t.T / temperature  # (N, K)
+    pixel_to_text = nn.functional.cross_entropy(similarity, targets)
+    log_p = similarity.log_softmax(dim=0)  # each class text over the pixels
+    positives = nn.functional.one_hot(targets, text.shape[0]).float()
+    per_class = positives.sum(dim=0)
+    present = per_class > 0
+    text_to_pixel = -((log_p * positives).sum(dim=0)[present] / per_class[present]).mean()
+    return 0.5 * (pixel_to_text + text_to_pixel)

@@ -1,0 +1,189 @@
+"""MMP: Masked Modality Projection (Nguyen et al., "MMP: Towards Robust Multi-Modal
+Learning with Masked Modality Projection").
+
+The tokens of a missing modality are not zeros but a projection of the tokens
+of the available ones, computed after the tokenizer (``models.projection``)
+and before the transformer. For a missing modality i and each available j::
+
+    agg_j'   = CA(agg_j, T_j)            the 8 aggregate tokens of j gather T_j
+    T_ij     = CA(agg_i, agg_j')         i's aggregates read j's
+    T_att_j  = CA(T_j, T_ij)             j's tokens re-weighted towards i
+    T'_i     = MLP(concat_j T_att_j)     replaces the P*P tokens of i
+
+``CA(q, kv) = q + MultiHeadAttention(LN(q), LN(kv))``. With three modalities
+the concat has a slot per other modality; the slot of an unavailable j is
+zeros, so the MLP sees one input layout for every pattern. Here every
+modality has P*P tokens of the backbone width, so the seed's linear maps for
+differing widths or token counts are identities and left out.
+
+Training masks each available modality with p = ``mask_prob`` (at least one
+kept, ``models.masking.mmp_mask``) anew at every step, and adds to the task
+loss ``align_weight * SmoothL1(T'_i, T_i)`` over the masked modalities,
+whose real tokens T_i are known. The target T_i is detached: the tokenizer
+learns from the task only, and the projection learns to imitate it (without
+the stop-gradient the tokenizer could lower the alignment loss by shrinking
+every modality's tokens). Modalities missing in the data itself (not masked)
+have no target and add nothing to the alignment loss. At inference the
+projected tokens fill every missing modality.
+
+``config.params`` (with the common keys of ``models.encoder``; ``missing_tokens``
+does not apply, missing tokens are always projected):
+    mask_prob: masking probability per modality during training (default 0.5).
+    num_aggregate_tokens: learnable aggregate tokens per modality (default 8).
+    projection_heads: attention heads of the cross-attentions (default: the backbone's).
+    mlp_ratio: hidden width of the projection MLP over its output width (default 2).
+    align_weight: weight of the SmoothL1 alignment loss (default 1.0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from open_clip.transformer import LayerNorm
+from torch import Tensor, nn
+
+from models.base import ModelConfig
+from models.encoder import COMMON_PARAMS, PatchTransformerClassifier
+from models.masking import mmp_mask
+from models.registry import register
+
+MMP_PARAMS: dict[str, Any] = {
+    **COMMON_PARAMS,
+    "mask_prob": 0.5,
+    "num_aggregate_tokens": 8,
+    "projection_heads": None,
+    "mlp_ratio": 2,
+    "align_weight": 1.0,
+}
+
+
+class CrossAttention(nn.Module):
+    """``q + MultiHeadAttention(LN(q), LN(kv), LN(kv))``: queries gather from keys/values."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln_q = LayerNorm(width)
+        self.ln_kv = LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+
+    def forward(self, q: Tensor, kv: Tensor) -> Tensor:
+        kv = self.ln_kv(kv)
+        return q + self.attn(self.ln_q(q), kv, kv, need_weights=False)[0]
+
+
+class MaskedModalityProjection(nn.Module):
+    """Builds the tokens of missing modalities from the available ones (see the module docstring)."""
+
+    def __init__(self, modalities: list[str], width: int, heads: int, num_aggregates: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        count = len(modalities)
+        self.aggregates = nn.Parameter(width**-0.5 * torch.randn(count, num_aggregates, width))
+        self.gather = nn.ModuleList([CrossAttention(width, heads) for _ in range(count)])
+        # pair (i, j): i missing, j available; index i * count + j (diagonal unused, kept for a simple layout)
+        self.pairs = [(i, j) for i in range(count) for j in range(count) if i != j]
+        self.pair_attention = nn.ModuleDict({f"{i}_{j}": CrossAttention(width, heads) for i, j in self.pairs})
+        self.token_attention = nn.ModuleDict({f"{i}_{j}": CrossAttention(width, heads) for i, j in self.pairs})
+        inner = max(1, count - 1) * width
+        hidden = int(round(mlp_ratio * width))
+        self.mlps = nn.ModuleList(
+            [nn.Sequential(LayerNorm(inner), nn.Linear(inner, hidden), nn.GELU(), nn.Linear(hidden, width)) for _ in range(count)]
+        )
+
+    def forward(self, tokens: list[Tensor], available: Tensor, target: int) -> Tensor:
+        """T' (B, N, width) of modality ``target`` from the others' tokens ``tokens`` (M of (B, N, width)).
+
+        Rows where an other modality is unavailable get a zero slot for it in the MLP input.
+        """
+        batch = tokens[0].shape[0]
+        slots = []
+        for j, t_j in enumerate(tokens):
+            if j == target:
+                continue
+            agg_j = self.gather[j](self.aggregates[j].to(t_j.dtype).expand(batch, -1, -1), t_j)
+            agg_i = self.aggregates[target].to(t_j.dtype).expand(batch, -1, -1)
+            t_ij = self.pair_attention[f"{target}_{j}"](agg_i, agg_j)
+            t_att = self.token_attention[f"{target}_{j}"](t_j, t_ij)
+            present = available[:, j].view(-1, 1, 1)
+            slots.append(torch.where(present, t_att, torch.zeros((), dtype=t_att.dtype, device=t_att.device)))
+        return self.mlps[target](torch.cat(slots, dim=-1))
+
+
+@register("mmp")
+class MMP(PatchTransformerClassifier):
+    """Masked Modality Projection on the open_clip backbone (see the module docstring)."""
+
+    default_params = MMP_PARAMS
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        p = self.params
+        if not 0 <= float(p["mask_prob"]) < 1:
+            raise ValueError(f"mask_prob must lie in [0, 1), got {p['mask_prob']}")
+        if len(config.modalities) < 2:
+            raise ValueError(f"MMP projects a missing modality from the others: it needs two or more, got {config.modalities}")
+        heads = int(p["projection_heads"] or self.backbone.heads)
+        self.projector = MaskedModalityProjection(
+            config.modalities, self.backbone.width, heads, int(p["num_aggregate_tokens"]), float(p["mlp_ratio"])
+        )
+        self._real_available: Tensor | None = None
+
+    # -- tokens ------------------------------------------------------------
+    def tokens(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
+        return self.projected_tokens(inputs, available)[0]
+
+    def projected_tokens(self, inputs: dict[str, Tensor], available: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Tokens entering the backbone, with every missing modality's tokens projected.
+
+        Returns:
+            tokens (B, M*N, width): real tokens where available, T' where missing;
+            projected (B, M, N, width): T' of each missing (sample, modality), zeros elsewhere;
+            replaced (B, M) bool: where T' was used (``~available``).
+        """
+        real = self.projection(inputs, available)  # a missing modality's slice is overwritten below
+        slices = self.projection.modality_slices()
+        groups = [real[:, part] for part in slices]
+        projected = torch.zeros(
+            (real.shape[0], len(slices), *groups[0].shape[1:]), dtype=real.dtype, device=real.device
+        )
+        for i in range(len(groups)):
+            rows = (~available[:, i]).nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                continue
+            others = [g.index_select(0, rows) for g in groups]
+            t_i = self.projector(others, available.index_select(0, rows), target=i).to(real.dtype)
+            groups[i] = groups[i].index_copy(0, rows, t_i)
+            projected[:, i] = projected[:, i].index_copy(0, rows, t_i)
+        return torch.cat(groups, dim=1), projected, ~available
+
+    # -- training hooks --------------------------------------------------------
+    def training_availability(self, available: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """MMP's mask of the batch; the real availability is kept for :meth:`training_loss`'s targets."""
+        self._real_available = available.clone()
+        return mmp_mask(available, float(self.params["mask_prob"]), generator)
+
+    def training_loss(self, inputs: dict[str, Tensor], available: Tensor, targets: Tensor, stage: str) -> dict[str, Tensor]:
+        """Cross-entropy plus ``align_weight * SmoothL1(T'_i, T_i)`` over the masked (sample, modality) pairs.
+
+        The masked modalities are those available in the batch given to
+        :meth:`training_availability` and dropped by its mask; called without
+        it, nothing counts as masked and the loss is the cross-entropy.
+        """
+        real, self._real_available = self._real_available, None
+        if real is None or real.shape != available.shape or bool((available & ~real).any()):
+            real = available
+        self.check_inputs(inputs, available)
+        tokens, projected, _ = self.projected_tokens(inputs, available)
+        logits = self.classify_tokens(tokens, available)
+        ce = nn.functional.cross_entropy(logits, targets)
+        masked = real & ~available
+        if bool(masked.any()):
+            with torch.no_grad():
+                truth = self.projection(inputs, real)
+            truth = torch.stack([truth[:, part] for part in self.projection.modality_slices()], dim=1)
+            align = nn.functional.smooth_l1_loss(projected[masked].float(), truth[masked].float())
+        else:
+            align = logits.new_zeros(()).float()
+        loss = ce + float(self.params["align_weight"]) * align
+        return {"loss": loss, "ce": ce.detach(), "align": align.detach(), "masked": masked.float().mean()}

@@ -1,0 +1,144 @@
+"""MMP: projected tokens exactly where a modality is missing, the masking hook, the alignment loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import build_model, load_checkpoint, save_checkpoint
+from models.mmp import MMP
+
+THREE = (["hs", "sar", "dsm"], [30, 4, 1])
+
+
+def test_projected_tokens_are_used_exactly_where_a_modality_is_missing(make_config, make_batch):
+    torch.manual_seed(0)
+    config = make_config("mmp")
+    model = build_model(config).eval()
+    assert isinstance(model, MMP)
+    inputs = make_batch(config, batch=3)
+    available = torch.tensor([[True, True], [True, False], [False, True]])
+    with torch.no_grad():
+        tokens, projected, replaced = model.projected_tokens(inputs, available)
+        real = model.projection(inputs, torch.ones_like(available))
+    assert torch.equal(replaced, ~available)
+    n = config.patch_size**2
+    for b in range(3):
+        for i in range(2):
+            part = slice(i * n, (i + 1) * n)
+            if available[b, i]:
+                assert torch.equal(tokens[b, part], real[b, part])
+                assert not projected[b, i].any()
+            else:
+                assert torch.equal(tokens[b, part], projected[b, i])
+                assert projected[b, i].abs().sum() > 0
+                assert not torch.allclose(tokens[b, part], real[b, part])
+
+
+def test_projection_reads_the_available_modality_only(make_config, make_batch):
+    torch.manual_seed(0)
+    config = make_config("mmp")
+    model = build_model(config).eval()
+    inputs = make_batch(config, batch=2)
+    lidar_missing = torch.tensor([[True, False]] * 2)
+    other_hs = {**inputs, "hs": inputs["hs"] + 1.0}
+    other_lidar = {**inputs, "lidar": torch.full_like(inputs["lidar"], 1e6)}
+    with torch.no_grad():
+        base = model.projected_tokens(inputs, lidar_missing)[1][:, 1]
+        assert not torch.allclose(base, model.projected_tokens(other_hs, lidar_missing)[1][:, 1])
+        assert torch.equal(base, model.projected_tokens(other_lidar, lidar_missing)[1][:, 1])
+
+
+@pytest.mark.parametrize("three", [False, True])
+def test_values_of_missing_modalities_are_ignored(three, make_config, make_batch):
+    torch.manual_seed(0)
+    config = make_config("mmp", THREE) if three else make_config("mmp")
+    model = build_model(config).eval()
+    inputs = make_batch(config, batch=4)
+    m = len(config.modalities)
+    available = torch.ones(4, m, dtype=torch.bool)
+    available[1, 0] = available[2, m - 1] = False
+    available[3, : m - 1] = False  # only the last modality left
+    garbage = {name: x.clone() for name, x in inputs.items()}
+    for b, i in (~available).nonzero().tolist():
+        garbage[config.modalities[i]][b] = float("nan") if b % 2 else 1e4
+    with torch.no_grad():
+        assert torch.equal(model(inputs, available), model(garbage, available))
+
+
+def test_masking_keeps_one_and_only_masked_modalities_get_an_alignment_target(make_config, make_batch):
+    torch.manual_seed(0)
+    model = build_model(make_config("mmp")).train()
+    config = model.config
+    inputs = make_batch(config, batch=64)
+    generator = torch.Generator().manual_seed(0)
+    complete = torch.ones(64, 2, dtype=torch.bool)
+    masked = model.training_availability(complete, generator)
+    assert masked.any(dim=1).all() and not torch.equal(masked, complete)
+    assert 0.2 < (~masked).float().mean() < 0.5  # p = 0.5 per modality, at least one kept: 1/3 dropped
+    parts = model.training_loss(inputs, masked, torch.zeros(64, dtype=torch.long), "main")
+    assert parts["align"] > 0
+    # LiDAR missing in the data itself: nothing to mask, no target, no alignment loss.
+    hs_only = torch.tensor([[True, False]] * 64)
+    kept = model.training_availability(hs_only, generator)
+    assert torch.equal(kept, hs_only)
+    parts = model.training_loss(inputs, kept, torch.zeros(64, dtype=torch.long), "main")
+    assert parts["align"] == 0 and torch.isclose(parts["loss"], parts["ce"])
+
+
+def correlated_batch(config, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """HS random; LiDAR a fixed function of HS, so its tokens can be projected from HS."""
+    p = config.patch_size
+    hs = torch.randn(batch, config.bands[0], p, p, generator=generator)
+    lidar = torch.stack([hs[:, :10].mean(dim=1), hs[:, 10:20].mean(dim=1) - hs[:, 30]], dim=1)
+    return {"hs": hs, "lidar": lidar}
+
+
+def held_out_alignment(model: MMP, inputs: dict[str, torch.Tensor]) -> float:
+    """The alignment loss on a fixed batch under a fixed mask (same seed each time)."""
+    n = inputs["hs"].shape[0]
+    available = model.training_availability(torch.ones(n, 2, dtype=torch.bool), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return float(model.training_loss(inputs, available, torch.zeros(n, dtype=torch.long), "main")["align"])
+
+
+def test_alignment_loss_falls_over_a_short_training_run(make_config):
+    torch.manual_seed(0)
+    model = build_model(make_config("mmp", patch_size=3)).train()
+    generator = torch.Generator().manual_seed(0)
+    held_out = correlated_batch(model.config, 64, generator)
+    before = held_out_alignment(model, held_out)
+    optimiser = torch.optim.AdamW(model.configure_stage("main"), lr=2e-3)
+    for _ in range(40):
+        inputs = correlated_batch(model.config, 16, generator)
+        targets = (inputs["hs"][:, 0, 1, 1] > 0).long()
+        available = model.training_availability(torch.ones(16, 2, dtype=torch.bool), generator)
+        parts = model.training_loss(inputs, available, targets, "main")
+        optimiser.zero_grad()
+        parts["loss"].backward()
+        optimiser.step()
+    after = held_out_alignment(model, held_out)
+    assert before > 0 and after < 0.8 * before, (before, after)
+
+
+def test_bfloat16_autocast_and_checkpoint_round_trip(make_config, make_batch, tmp_path):
+    torch.manual_seed(0)
+    config = make_config("mmp", THREE, num_aggregate_tokens=4)
+    model = build_model(config).eval()
+    inputs = make_batch(config, batch=3)
+    available = torch.tensor([[True, True, True], [False, True, False], [True, False, True]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(inputs, available)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low.float()).all()
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.projector.aggregates.shape == (3, 4, model.backbone.width)
+    with torch.no_grad():
+        assert torch.equal(model(inputs, available), loaded(inputs, available))
+
+
+def test_mmp_needs_two_modalities():
+    from models import ModelConfig
+
+    with pytest.raises(ValueError, match="two or more"):
+        build_model(ModelConfig(method="mmp", modalities=["hs"], bands=[4], num_classes=3, patch_size=3))
