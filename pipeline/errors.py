@@ -27,6 +27,10 @@ class InputError(PipelineError):
             message += f", found {found}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[type, tuple]:
+        """Pickle by the constructor's arguments, so the error crosses from a Dask worker to the client intact."""
+        return type(self), (self.file, self.key, self.expected, self.found)
+
 
 class CatalogError(InputError):
     """The catalog file is wrong: an unknown key, a bad value, a missing section."""

@@ -39,6 +39,7 @@ class MapResult:
     gpu: bool = False
     reused: bool = False
     tile_reports: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: plan (tiling, map store), tiles, mosaic
 
 
 def map_scene(
@@ -69,6 +70,7 @@ def map_scene(
     resources = {"GPU": 1} if gpu_workers else None
 
     partial, done = prepare_map_store(map_store, scene, tile_size, key, {"checkpoint_hash": ckpt_hash})
+    planned = time.perf_counter()
     todo = [(idx, w) for idx, w in tiles if not done[idx]]
     if len(todo) < len(tiles):
         log.info("resuming: %d of %d tiles already done", len(tiles) - len(todo), len(tiles))
@@ -91,6 +93,8 @@ def map_scene(
         finally:
             for f in futures:
                 f.release()
+    classified = time.perf_counter()
     finalise_map_store(map_store)
     result.seconds = time.perf_counter() - started
+    result.timings = {"plan": planned - started, "tiles": classified - planned, "mosaic": started + result.seconds - classified}
     return result

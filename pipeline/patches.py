@@ -10,13 +10,16 @@ window, never the scene.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 
+from pipeline.errors import InputError
 from pipeline.scene import band_dim
 
 
@@ -68,13 +71,51 @@ def read_window(ds: xr.Dataset, modalities: list[str], window: Window, halo: int
     c0, c1 = window.col - halo, window.col + window.width + halo
     rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, ny), max(c0, 0), min(c1, nx)
     pad = ((rr0 - r0, r1 - rr1), (cc0 - c0, c1 - cc1))
+    region = {"y": slice(rr0, rr1), "x": slice(cc0, cc1)}
     values: dict[str, np.ndarray] = {}
     for name in modalities:
-        block = ds[name].isel(y=slice(rr0, rr1), x=slice(cc0, cc1)).transpose(band_dim(name), "y", "x").values
+        block = read_region(ds, name, region).transpose(band_dim(name), "y", "x").values
         values[name] = np.pad(block.astype(np.float32, copy=False), ((0, 0), *pad), constant_values=np.nan)
-    avail = ds["available"].sel(modality=modalities).isel(y=slice(rr0, rr1), x=slice(cc0, cc1)).values
+    avail = read_region(ds, "available", region).sel(modality=modalities).values
     available = np.pad(avail.astype(bool, copy=False), ((0, 0), *pad), constant_values=False)
     return WindowData(values=values, available=available, halo=halo)
+
+
+def read_region(ds: xr.Dataset, variable: str, region: dict[str, slice]) -> xr.DataArray:
+    """``ds[variable]`` over ``region`` (dim -> slice), loaded; an unreadable chunk of the store is an
+    :class:`InputError` naming the store, the variable and the chunk's key."""
+    try:
+        return ds[variable].isel(region).load()
+    except Exception as exc:  # noqa: BLE001 - codecs raise RuntimeError, ValueError...: locate the chunk, else re-raise
+        bad = unreadable_chunk(ds, variable, region)
+        if bad is None:
+            raise
+        key, error = bad
+        raise InputError(ds.encoding.get("source"), f"{variable} chunk {key}", "a readable chunk", error) from exc
+
+
+def unreadable_chunk(ds: xr.Dataset, variable: str, region: dict[str, slice]) -> tuple[str, str] | None:
+    """The key and error of the first chunk of ``variable`` under ``region`` that cannot be decoded,
+    read one chunk at a time from the Zarr store ``ds`` was opened from; None when every chunk reads."""
+    source = ds.encoding.get("source")
+    if source is None:
+        return None
+    try:
+        array = zarr.open_array(source, path=variable, mode="r")
+    except (OSError, ValueError, KeyError):
+        return None
+    dims = ds[variable].dims
+    ranges = []
+    for dim, size, chunk in zip(dims, array.shape, array.chunks):
+        sl = region.get(dim, slice(0, size))
+        start, stop, _ = sl.indices(size)
+        ranges.append(range(start // chunk, max(start, stop - 1) // chunk + 1))
+    for coords in itertools.product(*ranges):
+        try:
+            array.get_block_selection(coords)
+        except Exception as exc:  # noqa: BLE001 - the decoder's error is reported in the InputError
+            return array.metadata.encode_chunk_key(coords), f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def normalise_window(data: WindowData, modalities: list[str], stats: NormStats) -> dict[str, np.ndarray]:
