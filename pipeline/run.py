@@ -130,14 +130,21 @@ def run_scene(
     workers: int | None = None,
     tile_size: int | None = None,
     progress: bool = True,
+    export_dir: Path | None = None,
 ) -> SceneRun:
+    """Ingest, train when needed, map and export one scene.
+
+    The scene store, checkpoints and map store live under ``<output.folder>/<scene>/``; the exported
+    files (COGs, quicklook, report, STAC item) go there too unless ``export_dir`` names another folder
+    (``pipeline.batch`` writes each job's exports into a dated folder and shares the rest).
+    """
     from pipeline.export import write_class_cog, write_confidence_cog, write_pattern_cog, write_quicklook
     from pipeline.ingest import ingest_scene
     from pipeline.mapping import map_scene
     from pipeline.report import build_report, write_report, write_stac_item
 
     timings: dict[str, float] = {}
-    out_dir = Path(catalog.output.folder) / scene.name
+    out_dir = Path(export_dir) if export_dir is not None else Path(catalog.output.folder) / scene.name
     check_writable(out_dir)
     t = time.perf_counter()
     store = ingest_scene(catalog, scene)
