@@ -235,10 +235,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_confusion_pngs(results: dict[str, Any], output: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never switches a notebook's backend
 
     names = results["classes"]
     out = {}
@@ -248,7 +245,8 @@ def write_confusion_pngs(results: dict[str, Any], output: Path) -> dict[str, Pat
             continue
         cols = min(3, len(entries))
         rows = int(np.ceil(len(entries) / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
+        fig = Figure(figsize=(4.2 * cols, 4.0 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, e in zip(axes.flat, entries):
             cm = np.asarray(e["confusion"], dtype=float)
             norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -263,7 +261,6 @@ def write_confusion_pngs(results: dict[str, Any], output: Path) -> dict[str, Pat
         safe = "".join(ch if ch.isalnum() else "_" for ch in method)
         path = output / f"confusion_{m_i}_{safe}.png"
         fig.savefig(path, dpi=90)
-        plt.close(fig)
         out[f"confusion_{method}"] = path
     return out
 

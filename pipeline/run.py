@@ -100,9 +100,12 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadat
     lookup = class_index_lookup(values)
     shape = (ds.sizes["y"], ds.sizes["x"])
     used = np.zeros(shape, dtype=bool)
+    excluded = False
     split_file = checkpoint / metadata.get("split_file", "split.npz")
-    if metadata.get("scene") == ds.attrs.get("scene") and split_file.exists():
+    # The split only describes this scene when the checkpoint was trained on this very store content.
+    if metadata.get("scene_hash") == ds.attrs.get("content_hash") and split_file.exists():
         used = Split.load(split_file).used_for_training(shape)
+        excluded = True
     mapped = xr.open_zarr(map_store, consolidated=False)
     truth_all, pred_all = [], []
     for r0 in range(0, shape[0], rows_per_block):
@@ -120,6 +123,8 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadat
     summary = classification_summary(truth[~unmapped], pred[~unmapped], len(values), names)
     summary["unmapped_pixels"] = int(unmapped.sum())
     summary["label_variable"] = label_var
+    # False when the checkpoint was trained on other data: then no pixel is known to be a training pixel.
+    summary["training_pixels_excluded"] = excluded
     return summary
 
 

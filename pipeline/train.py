@@ -137,12 +137,10 @@ def _write_history(history: list[dict[str, float]], folder: Path) -> None:
         writer.writeheader()
         writer.writerows(history)
     (folder / "training_log.json").write_text(json.dumps(history, indent=1))
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: never switches a notebook's backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     epochs = np.arange(1, len(history) + 1)
     ax.plot(epochs, [h["train_loss"] for h in history], label="training loss")
     ax.set_xlabel("epoch (all stages)")
@@ -153,7 +151,6 @@ def _write_history(history: list[dict[str, float]], folder: Path) -> None:
     fig.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(folder / "loss_curve.png", dpi=100)
-    plt.close(fig)
 
 
 def fit(
