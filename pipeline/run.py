@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for r in runs:
         print(format_summary(r.report))
+        for key in ("report", "stac"):
+            if key in r.outputs:
+                print(f"{key:<13} {r.outputs[key]}")
     return 0
 
 
