@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
@@ -37,6 +38,9 @@ from pipeline.sources import read_source
 
 log = logging.getLogger(__name__)
 
+# GDAL's block cache defaults to 5 % of RAM and keeps every block a streaming ingest has read:
+# capped here (unless the user sets GDAL_CACHEMAX) so ingest memory does not grow with the scene.
+INGEST_GDAL_CACHE_MB = 64
 FULL_HASH_LIMIT = 64 * 2**20  # files smaller than this are hashed whole; larger ones by size, mtime, head and tail
 EDGE_BYTES = 2**20
 
@@ -101,9 +105,8 @@ def _modality_variable(name: str, da: xr.DataArray) -> xr.DataArray:
     bands = da.sizes["band"]
     wavelengths = da["wavelength"].values if "wavelength" in da.coords else np.full(bands, np.nan)
     dim = band_dim(name)
-    values = np.asarray(da.values, dtype="float32")
     var = xr.DataArray(
-        values,
+        da.data.astype("float32"),  # stays lazy for dask-backed readers
         dims=(dim, "y", "x"),
         coords={dim: np.arange(1, bands + 1), wavelength_coord(name): (dim, np.asarray(wavelengths, "float64"))},
         name=name,
@@ -114,8 +117,11 @@ def _modality_variable(name: str, da: xr.DataArray) -> xr.DataArray:
 def build_scene_dataset(catalog: Catalog, scene: Scene) -> tuple[xr.Dataset, SceneGrid]:
     """Read, align and assemble a scene as the store's Dataset, without attributes.
 
-    The modalities are held in memory (readers load them to report a corrupt file where
-    it is read): ingest memory grows with the scene, which is fine up to a few GB of cubes.
+    GeoTIFF and ENVI cubes on the scene grid stay lazy (dask), so writing the store
+    streams them window by window and ingest memory does not grow with the scene.
+    MAT and Zarr sources, and cubes that need reprojection (rioxarray's reproject is
+    eager), are held in memory one modality at a time; masks and labels are one byte
+    a pixel.
     """
     catalog_file = catalog.path
     prefix = f"scenes[{scene.name!r}]"
@@ -134,7 +140,7 @@ def build_scene_dataset(catalog: Catalog, scene: Scene) -> tuple[xr.Dataset, Sce
     for name, da in aligned.items():
         data_vars[name] = _modality_variable(name, da)
     data_vars["available"] = xr.DataArray(
-        np.asarray(available.values, dtype=bool), dims=("modality", "y", "x"), coords={"modality": np.array(scene.modality_names, dtype=object)}
+        available.data.astype(bool), dims=("modality", "y", "x"), coords={"modality": np.array(scene.modality_names, dtype=object)}
     )
     if scene.labels is not None:
         for name, da in scene_labels(scene.labels, grid, f"{prefix}.labels").items():
@@ -206,9 +212,10 @@ def ingest_scene(catalog: Catalog, scene: Scene, force: bool = False) -> Path:
         log.info("scene %s unchanged: %s", scene.name, path)
         return path
     log.info("ingesting scene %s", scene.name)
-    ds, grid = build_scene_dataset(catalog, scene)
-    ds.attrs = _attributes(catalog, scene, grid, content_hash, ds)
-    _write_atomically(_chunked(ds, catalog.output.tile_size), path)
+    with rasterio.Env(GDAL_CACHEMAX=os.environ.get("GDAL_CACHEMAX", INGEST_GDAL_CACHE_MB)):
+        ds, grid = build_scene_dataset(catalog, scene)
+        ds.attrs = _attributes(catalog, scene, grid, content_hash, ds)
+        _write_atomically(_chunked(ds, catalog.output.tile_size), path)
     log.info("scene %s written: %s (%d x %d pixels, %s)", scene.name, path, grid.height, grid.width, grid.crs)
     return path
 

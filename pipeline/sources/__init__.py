@@ -77,12 +77,11 @@ def _read_modality(modality: Modality, where: str) -> xr.DataArray:
             file, f"{where}.band_names", f"{bands} names, one per band of the source", f"{len(modality.band_names)} names"
         )
     nodata = modality.nodata if modality.nodata is not None else da.rio.nodata
-    values = da.values.astype("float32", copy=True)
-    if nodata is not None and not np.isnan(nodata):
-        values[values == np.float32(nodata)] = np.nan
     crs = da.rio.crs
     transform = da.rio.transform() if crs is not None else None
-    out = da.copy(data=values)
+    out = da.astype("float32")  # lazy for dask-backed readers: nothing is read here
+    if nodata is not None and not np.isnan(nodata):
+        out = out.where(out != np.float32(nodata))
     out.attrs = {}
     out.encoding = {}
     out.name = modality.name

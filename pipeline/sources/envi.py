@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import rioxarray
 import xarray as xr
 
 from pipeline.catalog import Source
 from pipeline.errors import SourceError
+from pipeline.sources.geotiff import check_readable, open_lazily
 
 RASTER_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".envi")
 
@@ -64,7 +64,8 @@ def read_envi(source: Source, where: str) -> xr.DataArray:
         raise SourceError(source.files[0], f"{where}.paths", "one ENVI file in 'path'", "'paths'")
     header, raster = _header_and_raster(source.path, f"{where}.path")
     try:
-        da = rioxarray.open_rasterio(raster, masked=False).load()
+        check_readable(raster)  # a short raw file fails here, naming it, not inside a dask task
+        da = open_lazily(raster)
         wavelengths = header_wavelengths(header)
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise SourceError(raster, f"{where}.path", "a readable ENVI raster", f"{type(exc).__name__}: {exc}") from None

@@ -1,4 +1,11 @@
-"""GeoTIFF reader: one multi-band file, or one file per band (rioxarray / rasterio)."""
+"""GeoTIFF reader: one multi-band file, or one file per band (rioxarray / rasterio).
+
+Files are opened lazily, as dask arrays in :data:`READ_CHUNK`-pixel windows, so a
+scene larger than memory streams from the file into the scene store. Every block is
+read once up front (:func:`check_readable`, one window of rows at a time, nothing
+kept) so a truncated or corrupt file fails here, naming the file and the catalog key,
+not later inside a dask task.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 import rioxarray
 import xarray as xr
 
@@ -31,13 +39,34 @@ def _band_wavelengths(path: Path) -> list[float] | None:
     return values
 
 
+READ_CHUNK = 256  # pixels per side of the lazy read windows (all bands): 16 MiB for 63 float32 bands
+CHECK_BYTES = 32 * 2**20  # the readability check reads windows of rows of about this size
+
+
+def check_readable(path: Path | str) -> None:
+    """Read every pixel of a raster once, a window of rows at a time, keeping nothing.
+
+    Raises rasterio's error for a truncated or corrupt block. Memory stays at one
+    window (about :data:`CHECK_BYTES`) whatever the file's size.
+    """
+    with rasterio.open(path) as src:
+        row_bytes = max(1, src.width * src.count * np.dtype(src.dtypes[0]).itemsize)
+        rows = max(1, min(src.height, CHECK_BYTES // row_bytes))
+        for r0 in range(0, src.height, rows):
+            src.read(window=Window(0, r0, src.width, min(rows, src.height - r0)))
+
+
+def open_lazily(path: Path | str) -> xr.DataArray:
+    """``path`` as a dask-backed (band, y, x) DataArray in :data:`READ_CHUNK` windows."""
+    return rioxarray.open_rasterio(path, masked=False, chunks={"band": -1, "y": READ_CHUNK, "x": READ_CHUNK})
+
+
 def _read_one(path: Path, where: str) -> xr.DataArray:
     if not path.is_file():
         raise SourceError(path, where, "an existing GeoTIFF file", "no such file")
     try:
-        da = rioxarray.open_rasterio(path, masked=False)
-        # Read the pixels now: a truncated or corrupt file only fails when its blocks are read.
-        da = da.load()
+        check_readable(path)
+        da = open_lazily(path)
         wavelengths = _band_wavelengths(path)
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise SourceError(path, where, "a readable GeoTIFF", f"{type(exc).__name__}: {exc}") from None

@@ -17,6 +17,7 @@ from affine import Affine
 from pipeline.catalog import Georeference, Modality, Source
 from pipeline.errors import SourceError
 from pipeline.sources import READERS, read_source
+from pipeline.sources.geotiff import READ_CHUNK
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 CRS = "EPSG:32632"
@@ -192,6 +193,36 @@ def test_truncated_geotiff(tmp_path: Path) -> None:
         dst.write(np.random.default_rng(0).random((2, 256, 256)).astype("float32"))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(SourceError, match=r"cut\.tif.*readable GeoTIFF"):
+        read_source(Source(path=path))
+
+
+def test_geotiff_is_read_lazily_in_windows(tmp_path: Path) -> None:
+    """Large scenes stream: the reader gives dask windows of at most READ_CHUNK pixels, nodata masked lazily."""
+    data = cube(3, 600, 520)
+    data[1, 300, 7] = -9999.0
+    path = write_tif(tmp_path / "big.tif", data, nodata=-9999.0)
+    da = read_source(Modality(name="sar", kind="sar", source=Source(path=path)))
+    assert da.chunks is not None
+    assert max(da.chunks[1]) <= READ_CHUNK and max(da.chunks[2]) <= READ_CHUNK and da.chunks[0] == (3,)
+    values = da.values
+    assert np.isnan(values[1, 300, 7]) and int(np.isnan(values).sum()) == 1
+    expected = data.copy()
+    expected[1, 300, 7] = np.nan
+    np.testing.assert_array_equal(values, expected)
+
+
+def test_corrupt_block_inside_a_geotiff_fails_when_read(tmp_path: Path) -> None:
+    """A damaged block in the middle of the file (size intact) is found by the up-front read, not in a dask task."""
+    path = tmp_path / "damaged.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=256, width=256, count=1, dtype="float32", crs=CRS,
+                       transform=TRANSFORM, tiled=True, blockxsize=64, blockysize=64, compress="deflate") as dst:
+        dst.write(cube(1, 256, 256))
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_2_2", "TIFF", bidx=1))
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 64] = bytes(range(64))
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SourceError, match=r"damaged\.tif.*readable GeoTIFF"):
         read_source(Source(path=path))
 
 
