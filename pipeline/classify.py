@@ -8,6 +8,7 @@ the device between tiles.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from models import load_checkpoint
 from models.base import MissingModalityClassifier
 from pipeline.patches import NormStats, Window, extract_patches, normalise_window, read_window
 from pipeline.scene import CLASS_NODATA
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,35 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, ~10x slower than float32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 on CUDA when supported with precision 'auto'; on CPU only when asked for."""
+    """The autocast dtype for ``precision`` on ``device`` (None = float32).
+
+    ``auto`` is bf16 where the hardware computes it natively (CUDA GPUs that support it,
+    CPUs with AVX512-BF16 or AMX) and float32 elsewhere; ``bfloat16`` is honoured
+    everywhere, with a warning on a CPU that can only emulate it.
+    """
     if precision == "float32":
         return None
     if precision == "bfloat16":
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            log.warning("precision bfloat16 on a CPU without bf16 units (no AVX512-BF16/AMX): torch emulates it, "
+                        "several times slower than float32; 'auto' picks float32 here")
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def resolved_precision(precision: str, device: torch.device | None = None) -> str:
+    """What ``precision`` means on ``device`` (default: the one mapping would use): 'bfloat16' or 'float32'."""
+    dtype = autocast_dtype(device or pick_device(), precision)
+    return "bfloat16" if dtype == torch.bfloat16 else "float32"
 
 
 def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "auto", torch_threads: int | None = None) -> LoadedClassifier:
@@ -144,6 +167,7 @@ def process_tile(task: TileTask) -> dict[str, Any]:
         "tile": task.tile_index,
         "pixels": int(task.window.height * task.window.width),
         "device": str(loaded.device),
+        "precision": "bfloat16" if loaded.dtype == torch.bfloat16 else "float32",
         "pid": os.getpid(),
         "worker": worker,
         "seconds": time.perf_counter() - started,

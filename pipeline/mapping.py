@@ -35,6 +35,7 @@ class MapResult:
     tiles_computed: int
     seconds: float
     devices: dict[str, int] = field(default_factory=dict)
+    precisions: dict[str, int] = field(default_factory=dict)  # tiles per precision the workers ran
     workers: dict[str, int] = field(default_factory=dict)
     gpu: bool = False
     reused: bool = False
@@ -87,6 +88,7 @@ def map_scene(
                 report = future.result()
                 result.tile_reports.append(report)
                 result.devices[report["device"]] = result.devices.get(report["device"], 0) + 1
+                result.precisions[report["precision"]] = result.precisions.get(report["precision"], 0) + 1
                 addr = (report.get("worker") or {}).get("address", f"pid {report['pid']}")
                 result.workers[addr] = result.workers.get(addr, 0) + 1
                 bar.update(1)

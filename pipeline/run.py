@@ -143,6 +143,7 @@ def run_scene(
     files (COGs, quicklook, report, STAC item) go there too unless ``export_dir`` names another folder
     (``pipeline.batch`` writes each job's exports into a dated folder and shares the rest).
     """
+    from pipeline.classify import resolved_precision
     from pipeline.export import write_class_cog, write_confidence_cog, write_pattern_cog, write_quicklook
     from pipeline.ingest import ingest_scene
     from pipeline.mapping import map_scene
@@ -167,6 +168,8 @@ def run_scene(
     timings["train"] = train_seconds
     tile = tile_size or catalog.output.tile_size
     final_map = map_store_path(catalog.output.folder, scene.name)
+    if not (scheduler or catalog.cluster.scheduler):  # local workers: say what 'auto' means on this machine
+        log.info("mapping precision %s: %s here", catalog.model.precision, resolved_precision(catalog.model.precision))
     t = time.perf_counter()
     with dask_client(catalog.cluster, scheduler, workers) as client:
         threads = None if (scheduler or catalog.cluster.scheduler) else torch_threads_per_worker(client)
@@ -204,7 +207,8 @@ def run_scene(
         outputs={k: str(v) for k, v in outputs.items()},
     )
     report["mapping"] = {"tiles": mapped.tiles_total, "tiles_computed": mapped.tiles_computed, "reused": mapped.reused,
-                         "tile_size": tile, "devices": mapped.devices, "workers": mapped.workers}
+                         "tile_size": tile, "devices": mapped.devices, "workers": mapped.workers,
+                         "precision": {"catalog": catalog.model.precision, "tiles": mapped.precisions}}
     if "json" in formats:
         outputs["report"] = write_report(report, out_dir / "report.json")
     if "stac" in formats:

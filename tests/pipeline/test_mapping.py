@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -13,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 import xarray as xr
 
 from pipeline.catalog import Catalog, parse_catalog
+from pipeline.classify import autocast_dtype, cpu_has_native_bf16
 from pipeline.errors import CheckpointError, ClusterError
 from pipeline.run import main as run_main
 from pipeline.run import run
@@ -62,7 +65,20 @@ def test_run_writes_georeferenced_outputs(reference: tuple[Path, list]) -> None:
     assert report["accuracy"]["n"] > 100 and 0 <= report["accuracy"]["oa"] <= 1
     for name in ("quicklook.png", "report.json", "stac-item.json", "confidence.tif", "availability.tif"):
         assert (out / "demo" / name).exists(), name
-    assert json.loads((out / "demo" / "report.json").read_text())["mapping"]["tiles"] == 10
+    mapping = json.loads((out / "demo" / "report.json").read_text())["mapping"]
+    assert mapping["tiles"] == 10
+    # 'auto' is bf16 only where this CPU has bf16 units; every tile says what it ran.
+    expected = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert mapping["precision"] == {"catalog": "auto", "tiles": {expected: 10}}
+
+
+def test_precision_auto_follows_the_hardware(caplog: pytest.LogCaptureFixture) -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "float32") is None
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with caplog.at_level(logging.WARNING, logger="pipeline.classify"):
+        assert autocast_dtype(cpu, "bfloat16") == torch.bfloat16  # an explicit choice is honoured
+    assert ("emulates" in caplog.text) == (not cpu_has_native_bf16())
 
 
 def test_same_map_whatever_the_tile_size_and_worker_count(trained_demo, reference, tmp_path: Path) -> None:
