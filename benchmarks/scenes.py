@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipeline.catalog import Catalog, parse_catalog
-from pipeline.demo import FILES, generate_demo_scene
+from pipeline.demo import DEMO_CATALOG, FILES, demo_catalog_dict, generate_demo_scene
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CATALOG = ROOT / "catalogs" / "demo.yaml"
 TRENTO_SHAPE = (166, 600)  # rows, cols of the demo scene: Trento's size
 
 
@@ -30,25 +28,6 @@ def generate_scene(folder: Path, shape: tuple[int, int], seed: int = 0) -> dict[
     if all(p.exists() for p in paths.values()):
         return paths
     return generate_demo_scene(folder, seed=seed, height=shape[0], width=shape[1])
-
-
-def demo_catalog_dict(scene_folder: Path, output_folder: Path, **sections: Any) -> dict[str, Any]:
-    """catalogs/demo.yaml pointed at the scene files in ``scene_folder``; ``sections`` update top-level sections."""
-    data = yaml.safe_load(DEMO_CATALOG.read_text())
-    scene = data["scenes"][0]
-    scene.pop("generate", None)
-    for modality in scene["modalities"]:
-        modality["source"]["path"] = str(scene_folder / Path(modality["source"]["path"]).name)
-    for cloud in scene["availability"]["clouds"]:
-        cloud["path"] = str(scene_folder / Path(cloud["path"]).name)
-    for failure in scene["availability"]["failures"]:
-        if "footprint" in failure:
-            failure["footprint"] = str(scene_folder / Path(failure["footprint"]).name)
-    scene["labels"]["source"]["path"] = str(scene_folder / Path(scene["labels"]["source"]["path"]).name)
-    data["output"]["folder"] = str(output_folder)
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(copy.deepcopy(values))
-    return data
 
 
 def demo_catalog(scene_folder: Path, output_folder: Path, **sections: Any) -> Catalog:

@@ -19,12 +19,14 @@ held whole in memory.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -37,6 +39,8 @@ from shapely import affinity
 from shapely.geometry import Polygon, box
 from shapely.ops import transform as shapely_transform, unary_union
 from pyproj import Transformer
+
+import yaml
 
 from pipeline.catalog import Scene
 from pipeline.errors import CatalogError
@@ -575,6 +579,39 @@ def scene_files(scene: Scene) -> list[Path]:
     files.extend(cloud.path for cloud in scene.availability.clouds)
     files.extend(f.footprint for f in scene.availability.failures if f.footprint is not None)
     return files
+
+
+DEMO_CATALOG = Path(__file__).resolve().parents[1] / "catalogs" / "demo.yaml"
+
+
+def demo_catalog_dict(scene_folder: Path, output_folder: Path, **sections: Any) -> dict[str, Any]:
+    """``catalogs/demo.yaml`` pointed at generated scene files in ``scene_folder`` (any size, any seed).
+
+    Every path of the scene (sources, clouds, footprints, labels) is re-pointed by file
+    name, ``generate`` is dropped (the files exist) and the output goes to
+    ``output_folder``; ``sections`` update the top-level sections, e.g.
+    ``model={"method": "baseline"}``. Tests and benchmarks build their catalogs with it.
+    """
+    data = yaml.safe_load(DEMO_CATALOG.read_text())
+    scene = data["scenes"][0]
+    scene.pop("generate", None)
+    folder = Path(scene_folder)
+
+    def here(path: str) -> str:
+        return str(folder / Path(path).name)
+
+    for modality in scene["modalities"]:
+        modality["source"]["path"] = here(modality["source"]["path"])
+    for cloud in scene["availability"]["clouds"]:
+        cloud["path"] = here(cloud["path"])
+    for failure in scene["availability"]["failures"]:
+        if "footprint" in failure:
+            failure["footprint"] = here(failure["footprint"])
+    scene["labels"]["source"]["path"] = here(scene["labels"]["source"]["path"])
+    data["output"]["folder"] = str(output_folder)
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(copy.deepcopy(values))
+    return data
 
 
 def ensure_demo_data(scene: Scene, catalog_file: Path | None = None, seed: int = 0) -> None:

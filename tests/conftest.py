@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipeline.catalog import Catalog, parse_catalog
-from pipeline.demo import generate_demo_scene
+from pipeline.demo import demo_catalog_dict, generate_demo_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -33,19 +32,7 @@ def small_demo_dict(files: dict[str, Path], output: Path, **sections: Any) -> di
 
     ``sections`` replace keys of the top-level sections, e.g. ``model={"method": "baseline"}``.
     """
-    data = yaml.safe_load((ROOT / "catalogs" / "demo.yaml").read_text())
-    scene = data["scenes"][0]
-    scene.pop("generate", None)
-    folder = files["hs"].parent
-    for modality in scene["modalities"]:
-        modality["source"]["path"] = str(folder / Path(modality["source"]["path"]).name)
-    for cloud in scene["availability"]["clouds"]:
-        cloud["path"] = str(folder / Path(cloud["path"]).name)
-    for failure in scene["availability"]["failures"]:
-        if "footprint" in failure:
-            failure["footprint"] = str(folder / Path(failure["footprint"]).name)
-    scene["labels"]["source"]["path"] = str(folder / Path(scene["labels"]["source"]["path"]).name)
-    data["output"]["folder"] = str(output)
+    data = demo_catalog_dict(files["hs"].parent, output)
     data["output"]["tile_size"] = 32
     data["training"].update({"samples_per_class": 40, "epochs": 2, "batch_size": 64, "max_steps": 8})
     data["cluster"] = {"workers": 1, "threads_per_worker": 1}
