@@ -148,9 +148,11 @@ def build_backbone(preset: str, pretrained: str | os.PathLike[str] | None, quick
         )
     quick = uses_quick_gelu(preset, None if pretrained is None else str(pretrained), quick_gelu)
     backbone = Backbone(preset, quick_gelu=quick)
+    if _skip_pretrained.get():
+        return backbone  # every weight comes from a checkpoint: nothing to read, nothing to warn about
     if pretrained is None:
         log.warning("backbone %s has no pretrained weights: it trains from scratch", preset)
-    elif not _skip_pretrained.get():
+    else:
         load_clip_weights(backbone, str(pretrained), quick)
     return backbone
 

@@ -22,7 +22,7 @@ METADATA = {"mean": {"hs": [0.1] * 30}, "classes": ["a", "b"], "catalog_sha256":
 
 
 @pytest.mark.parametrize("method", ["mamol", "baseline", "mmp", "lvpcnet"])
-def test_round_trip_gives_identical_logits(method, tmp_path, make_config, make_batch):
+def test_round_trip_gives_identical_logits(method, tmp_path, make_config, make_batch, caplog):
     torch.manual_seed(0)
     config = make_config(method, THREE, missing_tokens="dummy")
     model = build_model(config)
@@ -39,7 +39,9 @@ def test_round_trip_gives_identical_logits(method, tmp_path, make_config, make_b
     assert saved["format_version"] == 1 and saved["model"]["method"] == method
     assert saved["model"]["bands"] == [30, 4, 1] and set(saved["versions"]) >= {"torch", "open_clip", "python"}
 
+    caplog.clear()
     loaded, metadata = load_checkpoint(path, expected_modalities=["hs", "sar", "dsm"], expected_bands=[30, 4, 1])
+    assert "trains from scratch" not in caplog.text  # the weights come from the checkpoint
     assert metadata == METADATA
     assert type(loaded) is type(model) and not loaded.training
     assert loaded.config == model.config
