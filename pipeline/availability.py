@@ -6,9 +6,9 @@ record takes the modality out there. ``scene_availability`` combines the three
 into the ``available`` variable of the scene store (layout in ``pipeline.scene``);
 ``pattern_codes`` turns it into the per-pixel pattern code mapping and reports use.
 
-Inside a patch, the extractor zero-fills neighbours whose modality is unavailable
-(``mask_patch_neighbours``); the sample's pattern is that of the patch centre
-(``centre_pattern``).
+Inside a patch, neighbours whose modality is unavailable are zero-filled by
+``pipeline.patches.normalise_window``; the sample's pattern is that of the patch
+centre (``pipeline.patches.extract_patches``).
 
 Units: every mask is on the scene grid, one value per pixel; polygons are
 rasterised by pixel centre (a pixel is covered when its centre is inside).
@@ -328,32 +328,3 @@ def pattern_counts(codes: xr.DataArray | np.ndarray, modalities: list[str]) -> d
     if len(counts) > size:
         raise ValueError(f"pattern code {len(counts) - 1} is beyond the {len(modalities)} modalities {modalities}")
     return {pattern_name(code, modalities): int(counts[code]) for code in range(size)}
-
-
-# --------------------------------------------------------------------------- patches
-
-
-def mask_patch_neighbours(values: np.ndarray, available: np.ndarray) -> np.ndarray:
-    """Zero-fill the positions of one modality's patches where it is unavailable.
-
-    Args:
-        values: (N, C, P, P) patches of one modality (NaN allowed where unavailable).
-        available: bool (N, P, P), that modality's availability at each patch position.
-
-    Returns:
-        A new (N, C, P, P) array: unavailable neighbours are 0. When the centre is
-        unavailable the modality is missing for the sample, and the whole patch is
-        0 (the model interface: missing inputs arrive zero-filled).
-    """
-    if available.ndim != 3 or values.shape[:1] + values.shape[2:] != available.shape:
-        raise ValueError(f"values {values.shape} (N, C, P, P) and available {available.shape} (N, P, P) do not match")
-    keep = available & centre_pattern(available[:, None])[:, 0, None, None]
-    return np.where(keep[:, None], values, np.zeros((), dtype=values.dtype))
-
-
-def centre_pattern(available_patches: np.ndarray) -> np.ndarray:
-    """The pattern of each sample: availability at the patch centre, bool (N, M) from (N, M, P, P)."""
-    size = available_patches.shape[-1]
-    if available_patches.shape[-2] != size or size % 2 == 0:
-        raise ValueError(f"patches must be square with an odd side, got {available_patches.shape[-2:]}")
-    return np.asarray(available_patches[..., size // 2, size // 2], dtype=bool)

@@ -16,10 +16,8 @@ from rasterio.transform import from_origin
 from shapely.geometry import Polygon
 
 from pipeline.availability import (
-    centre_pattern,
     cloud_mask,
     failure_mask,
-    mask_patch_neighbours,
     pattern_codes,
     pattern_counts,
     scene_availability,
@@ -358,34 +356,3 @@ def test_availability_round_trips_through_a_zarr_store(tmp_path: Path) -> None:
 
     assert back.dtype == bool and list(back["modality"].values) == ["hs", "lidar"]
     np.testing.assert_array_equal(back.values, available.values)
-
-
-# --------------------------------------------------------------------------- patches
-
-
-def test_patch_neighbours_are_zero_filled_and_the_centre_sets_the_pattern() -> None:
-    rng = np.random.default_rng(0)
-    values = rng.random((3, 2, 5, 5)).astype(np.float32) + 1.0
-    available = np.ones((3, 2, 5, 5), dtype=bool)
-    available[0, 1, 0, :] = False  # a missing row of neighbours, centre fine
-    available[1, 0, 2, 2] = False  # the centre missing: the modality is missing for the sample
-    available[2, :, 4, 4] = False
-
-    patterns = centre_pattern(available)
-    np.testing.assert_array_equal(patterns, [[True, True], [False, True], [True, True]])
-
-    lidar = mask_patch_neighbours(values, available[:, 1])
-    hs = mask_patch_neighbours(values, available[:, 0])
-    assert (lidar[0, :, 0, :] == 0).all() and (lidar[0, :, 1:, :] == values[0, :, 1:, :]).all()
-    assert (hs[1] == 0).all()  # centre unavailable: the whole patch is zero
-    assert (hs[2, :, 4, 4] == 0).all() and hs[2, :, 2, 2].all()
-    assert np.count_nonzero(hs == 0) == 2 * 25 + 2
-
-
-def test_nan_neighbours_become_zero() -> None:
-    values = np.full((1, 1, 3, 3), np.nan, dtype=np.float32)
-    values[0, 0, 1, 1] = 7.0
-    available = np.zeros((1, 3, 3), dtype=bool)
-    available[0, 1, 1] = True
-    out = mask_patch_neighbours(values, available)
-    assert np.isfinite(out).all() and out.sum() == 7.0
