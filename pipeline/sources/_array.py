@@ -9,6 +9,7 @@ import xarray as xr
 from affine import Affine
 
 from pipeline.catalog import Georeference
+from pipeline.errors import SourceError
 
 
 def band_yx(array: np.ndarray, band_order: str = "auto") -> np.ndarray:
@@ -53,3 +54,18 @@ def require_file(path: Path) -> None:
     """Raise FileNotFoundError (turned into SourceError by the caller) when ``path`` is absent."""
     if not path.exists():
         raise FileNotFoundError(path)
+
+
+def choose_key(path: Path, where: str, key: str | None, names: list[str], item: str, container: str) -> str:
+    """The array a source names with ``key`` among ``names`` (the only one when no key is given).
+
+    ``item``/``container`` word the error: ("array", "file") for .mat, ("variable", "store") for Zarr.
+    """
+    if key is None:
+        if len(names) != 1:
+            raise SourceError(path, f"{where}.key", f"a key naming the {item} (the {container} holds several)", f"{item}s {names}")
+        return names[0]
+    if key not in names:
+        article = "an" if item[0] in "aeiou" else "a"
+        raise SourceError(path, f"{where}.key", f"{article} {item} named {key!r} in the {container}", f"{item}s {names}")
+    return key

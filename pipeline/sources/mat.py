@@ -15,7 +15,7 @@ import xarray as xr
 
 from pipeline.catalog import Source
 from pipeline.errors import SourceError
-from pipeline.sources._array import band_yx, to_dataarray
+from pipeline.sources._array import band_yx, choose_key, to_dataarray
 
 
 def _variables(path: Path) -> tuple[list[str], bool]:
@@ -45,13 +45,7 @@ def read_mat(source: Source, where: str) -> xr.DataArray:
         names, hdf5 = _variables(path)
     except (ValueError, OSError, NotImplementedError, TypeError) as exc:
         raise SourceError(path, f"{where}.path", "a readable MATLAB .mat file", f"{type(exc).__name__}: {exc}") from None
-    key = source.key
-    if key is None:
-        if len(names) != 1:
-            raise SourceError(path, f"{where}.key", "a key naming the array (the file holds several)", f"arrays {names}")
-        key = names[0]
-    elif key not in names:
-        raise SourceError(path, f"{where}.key", f"an array named {key!r} in the file", f"arrays {names}")
+    key = choose_key(path, where, source.key, names, "array", "file")
     try:
         array = _load(path, key, hdf5)
     except (ValueError, OSError, KeyError, TypeError) as exc:

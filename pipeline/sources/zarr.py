@@ -9,6 +9,7 @@ import xarray as xr
 
 from pipeline.catalog import Source
 from pipeline.errors import SourceError
+from pipeline.sources._array import choose_key
 
 
 def _open(path: Path) -> xr.Dataset:
@@ -31,13 +32,7 @@ def read_zarr(source: Source, where: str) -> xr.DataArray:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SourceError(path, f"{where}.path", "a readable Zarr store", f"{type(exc).__name__}: {exc}") from None
     names = [str(n) for n in ds.data_vars]
-    key = source.key
-    if key is None:
-        if len(names) != 1:
-            raise SourceError(path, f"{where}.key", "a key naming the variable (the store holds several)", f"variables {names}")
-        key = names[0]
-    elif key not in names:
-        raise SourceError(path, f"{where}.key", f"a variable named {key!r} in the store", f"variables {names}")
+    key = choose_key(path, where, source.key, names, "variable", "store")
     da = ds[key]
     if da.ndim == 2:
         da = da.expand_dims(band=[1])
