@@ -72,7 +72,7 @@ def patch_throughput(device: str, preset: str = "ViT-B-16", method: str = "mamol
         "precision": "bfloat16",
         "px_per_s": round(px_per_s, 1),
         "gflop_per_pixel": round(flops_per_pixel / 1e9, 3),
-        "achieved_tflops": round(achieved, 2),
-        "matmul_peak_tflops": round(peak, 1),
+        "achieved_tflops": round(achieved, 4),
+        "matmul_peak_tflops": round(peak, 4),
         "fraction_of_matmul_peak": round(achieved / peak, 3),
     }

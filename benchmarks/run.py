@@ -125,6 +125,7 @@ def bench_demo(settings: Settings, work: Path) -> tuple[dict[str, Any], Path]:
     result["generate_scene_s"] = round(generated, 3)
     result["shape"] = list(settings.base_shape)
     result["catalog_workers"] = catalog.cluster.workers
+    result["batch_pixels"] = catalog.output.batch_pixels
     return result, Path(result["checkpoint"])
 
 
@@ -201,6 +202,9 @@ def memory_ratios(rows: dict[str, Any]) -> dict[str, Any]:
         return rows
     first, last = rows["scales"][scales[0]], rows["scales"][scales[-1]]
     rows["ratio_peak_largest_to_1x"] = round(last["peak_mib"] / first["peak_mib"], 3)
+    # The ratio depends on the constant cost of the processes (interpreters, torch, Dask): say the growth in MiB too.
+    rows["growth_peak_mib"] = round(last["peak_mib"] - first["peak_mib"], 1)
+    rows["growth_hs_cube_mib"] = round(last["hs_cube_mib"] - first["hs_cube_mib"], 1)
     stages = set(first["peak_by_stage_mib"]) & set(last["peak_by_stage_mib"])
     rows["ratio_by_stage"] = {s: round(last["peak_by_stage_mib"][s] / first["peak_by_stage_mib"][s], 3)
                               for s in sorted(stages) if first["peak_by_stage_mib"][s] > 0}
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["workers"] = bench_workers(settings, work, checkpoint, results["demo"])
             if "throughput" in parts:
                 log.info("engine against the naive reference")
-                results["throughput"] = engine_vs_naive(Path(results["demo"]["scene_store"]), checkpoint, settings.naive_pixels)
+                results["throughput"] = engine_vs_naive(Path(results["demo"]["scene_store"]), checkpoint, settings.naive_pixels,
+                                                        batch_pixels=results["demo"]["batch_pixels"])
                 results["throughput"]["dask_px_per_s_demo"] = results["demo"]["dask_px_per_s"]
         if "memory" in parts:
             log.info("memory at scales %s", settings.scales)

@@ -112,7 +112,7 @@ def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "aut
     return loaded
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int) -> dict[str, np.ndarray]:
     """Class value, confidence and pattern code for every pixel of ``window``."""
     cfg = loaded.model.config

@@ -28,8 +28,11 @@ def test_naive_reference_predicts_what_the_engine_predicts(trained_demo) -> None
     rows = engine_vs_naive(store, checkpoint, pixels=64, batch_pixels=256, naive_batch=16)
     assert rows["engine_float32"]["pixels"] == rows["naive_float32"]["pixels"] > 30
     assert rows["naive_float32"]["agreement_with_engine"] == 1.0  # same model, weights, normalisation, float32
-    assert rows["naive_bfloat16"]["agreement_with_engine"] > 0.9
-    for key in ("ratio_float32", "ratio_bfloat16", "ratio_engine_bf16_vs_naive_fp32", "ceiling_model_bf16_vs_naive_fp32"):
+    if "bfloat16" in rows["skipped_precisions"]:  # no bf16 units here: not timed, and said why
+        assert "naive_bfloat16" not in rows and rows["engine_precision"] == "float32"
+    else:
+        assert rows["naive_bfloat16"]["agreement_with_engine"] > 0.9
+    for key in ("ratio_float32", "ratio_engine_vs_naive_fp32", "ceiling_model_vs_naive_fp32"):
         assert rows[key] > 0
 
 
@@ -81,8 +84,9 @@ def _results(engine_ratio: float, peaks: tuple[float, float], classification: fl
               "mosaic": 0.1, "export": 1.0, "accuracy": 0.2, "other": 0.1}
     throughput = {f"{k}_{p}": {"pixels": 100, "px_per_s": v} for k, v in (("engine", 100.0), ("naive", 100.0 / engine_ratio), ("model_only", 120.0))
                   for p in ("float32", "bfloat16")}
-    throughput.update(ratio_engine_bf16_vs_naive_fp32=engine_ratio, ratio_float32=engine_ratio, ratio_bfloat16=engine_ratio,
-                      ceiling_model_bf16_vs_naive_fp32=1.2 * engine_ratio, window=[0, 0, 10, 10], threads=2, model={})
+    throughput.update(ratio_engine_vs_naive_fp32=engine_ratio, ratio_float32=engine_ratio, ratio_bfloat16=engine_ratio,
+                      ceiling_model_vs_naive_fp32=1.2 * engine_ratio, window=[0, 0, 10, 10], threads=2, model={},
+                      engine_precision="bfloat16", skipped_precisions={})
     scale = {"shape": [1, 1], "pixels": 1, "hs_cube_mib": 1.0, "peak_single_process_mib": 1.0, "run_s": 1.0}
     memory = {"setting": {}, "scales": {"1": {**scale, "peak_mib": peaks[0], "peak_by_stage_mib": {"ingest": peaks[0] / 2, "mapping": peaks[0]}},
                                         "16": {**scale, "peak_mib": peaks[1], "peak_by_stage_mib": {"ingest": peaks[1], "mapping": peaks[0]}}},
