@@ -1,4 +1,9 @@
-"""The scene grid and the alignment of every raster onto it (rioxarray reprojection)."""
+"""The scene grid and the alignment of every raster onto it.
+
+Reprojection is GDAL's warp through odc-geo, for in-memory rasters (MAT, Zarr) and
+dask-backed ones (GeoTIFF and ENVI are read lazily) alike: the latter are warped chunk
+by chunk, so alignment never holds a whole cube.
+"""
 
 from __future__ import annotations
 
@@ -129,8 +134,16 @@ def align(
         da = da.astype("float32")
         fill = np.nan
         resampling = Resampling.bilinear
-    src = da.rio.write_nodata(fill, encoded=False)
-    out = src.rio.reproject(
-        grid.crs, shape=grid.shape, transform=grid.transform, resampling=resampling, nodata=fill
-    )
-    return grid.attach(out)
+    return grid.attach(_reproject(da, grid, resampling, fill))
+
+
+def _reproject(da: xr.DataArray, grid: SceneGrid, resampling: Resampling, fill: float) -> xr.DataArray:
+    """GDAL warp through odc-geo; a dask-backed raster is warped lazily, chunk by chunk (each output chunk
+    reads only the source window it needs), so a scene larger than memory streams through alignment."""
+    from odc.geo.geobox import GeoBox
+    from odc.geo.xr import xr_reproject
+
+    box = GeoBox(grid.shape, grid.transform, grid.crs.to_wkt())
+    out = xr_reproject(da, box, resampling=resampling.name, src_nodata=fill, dst_nodata=fill)
+    out.attrs = {k: v for k, v in out.attrs.items() if k not in ("nodata", "_FillValue")}
+    return out.drop_vars([c for c in out.coords if c not in ("band", "y", "x", "wavelength")])
