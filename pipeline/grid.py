@@ -15,6 +15,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from affine import Affine
+from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_reproject
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError
@@ -140,9 +142,6 @@ def align(
 def _reproject(da: xr.DataArray, grid: SceneGrid, resampling: Resampling, fill: float) -> xr.DataArray:
     """GDAL warp through odc-geo; a dask-backed raster is warped lazily, chunk by chunk (each output chunk
     reads only the source window it needs), so a scene larger than memory streams through alignment."""
-    from odc.geo.geobox import GeoBox
-    from odc.geo.xr import xr_reproject
-
     box = GeoBox(grid.shape, grid.transform, grid.crs.to_wkt())
     out = xr_reproject(da, box, resampling=resampling.name, src_nodata=fill, dst_nodata=fill)
     out.attrs = {k: v for k, v in out.attrs.items() if k not in ("nodata", "_FillValue")}
