@@ -14,7 +14,7 @@ import xarray as xr
 
 from benchmarks.naive import PixelPatches, classify_pixels, load_scene
 from models import checkpoint_hash
-from pipeline.classify import autocast_dtype, classify_window, load_classifier, resolved_precision
+from pipeline.classify import autocast_dtype, classify_window, load_classifier, resolved_batch_pixels, resolved_precision
 from pipeline.patches import Window
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
@@ -37,7 +37,7 @@ def measured_precisions() -> dict[str, str]:
                         "so mapping's precision 'auto' runs float32 here"}
 
 
-def engine_vs_naive(scene_store: Path, checkpoint: Path, pixels: int = 2000, batch_pixels: int = 256,
+def engine_vs_naive(scene_store: Path, checkpoint: Path, pixels: int = 2000, batch_pixels: int | str = "auto",
                     naive_batch: int = 64) -> dict[str, Any]:
     """Pixels per second of ``classify_window`` (the engine's tile path, in-process) and of the naive
     DataLoader reference on the same window, per precision, plus their agreement.
@@ -48,6 +48,7 @@ def engine_vs_naive(scene_store: Path, checkpoint: Path, pixels: int = 2000, bat
     ckpt_hash = checkpoint_hash(checkpoint)
     window = centre_window((ds.sizes["y"], ds.sizes["x"]), pixels)
     warmup = Window(window.row, window.col, min(8, window.height), min(8, window.width))
+    batch_pixels = resolved_batch_pixels(batch_pixels, torch.device("cpu"))
     skipped = measured_precisions()
     precisions = {name: dtype for name, dtype in PRECISIONS.items() if name not in skipped}
     auto = resolved_precision("auto", torch.device("cpu"))

@@ -280,7 +280,15 @@ class Output(_Section):
     folder: Path = Path("outputs")
     formats: list[Literal["cog", "png", "json", "stac"]] = Field(default_factory=lambda: ["cog", "png", "json", "stac"])
     tile_size: int = Field(default=128, ge=8)
-    batch_pixels: int = Field(default=256, ge=1, description="pixels per forward pass; small batches stay in CPU cache")
+    batch_pixels: int | Literal["auto"] = Field(
+        default="auto", description="pixels per forward pass; 'auto': 256 on CPU (stays in cache), 4096 on GPU")
+
+    @field_validator("batch_pixels", mode="before")
+    @classmethod
+    def _positive_batch(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("a positive integer or 'auto'")
 
 
 class Cluster(_Section):
@@ -375,7 +383,7 @@ def parse_catalog(data: Any, path: Path | None = None) -> Catalog:
         elif err["type"] == "missing":
             expected = "a required key that is absent"
         else:
-            expected = err["msg"]
+            expected = err["msg"].removeprefix("Value error, ")  # our validators word what they expect
         found = err.get("input")
         found_text = "" if err["type"] in ("missing",) else repr(found)[:200]
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""

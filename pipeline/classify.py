@@ -38,7 +38,7 @@ class TileTask:
     checkpoint_hash: str
     tile_index: tuple[int, int]
     window: Window
-    batch_pixels: int = 1024
+    batch_pixels: int | str = "auto"
     precision: str = "auto"
     torch_threads: int | None = None
 
@@ -90,6 +90,16 @@ def resolved_precision(precision: str, device: torch.device | None = None) -> st
     return "bfloat16" if dtype == torch.bfloat16 else "float32"
 
 
+AUTO_BATCH_PIXELS = {"cpu": 256, "cuda": 4096}
+
+
+def resolved_batch_pixels(batch_pixels: int | str, device: torch.device) -> int:
+    """``batch_pixels`` as a number: 'auto' is 256 on CPU (activations stay in cache) and 4096 on GPU."""
+    if batch_pixels == "auto":
+        return AUTO_BATCH_PIXELS.get(device.type, AUTO_BATCH_PIXELS["cpu"])
+    return int(batch_pixels)
+
+
 def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "auto", torch_threads: int | None = None) -> LoadedClassifier:
     """The model for a checkpoint, loaded once per process (keyed by its hash)."""
     key = f"{checkpoint_hash}:{precision}"
@@ -113,8 +123,9 @@ def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "aut
 
 
 @torch.inference_mode()
-def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int) -> dict[str, np.ndarray]:
-    """Class value, confidence and pattern code for every pixel of ``window``."""
+def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int | str = "auto") -> dict[str, np.ndarray]:
+    """Class value, confidence and pattern code for every pixel of ``window``, ``batch_pixels`` at a time."""
+    batch_pixels = resolved_batch_pixels(batch_pixels, loaded.device)
     cfg = loaded.model.config
     modalities = cfg.modalities
     half = cfg.patch_size // 2

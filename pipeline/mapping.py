@@ -49,7 +49,7 @@ def map_scene(
     checkpoint: Path,
     map_store: Path,
     tile_size: int,
-    batch_pixels: int = 1024,
+    batch_pixels: int | str = "auto",
     precision: str = "auto",
     gpu: str = "auto",
     torch_threads: int | None = None,

@@ -91,6 +91,8 @@ def test_relative_paths_resolve_against_the_catalog_folder(tmp_path: Path) -> No
         (lambda d: d["scenes"][0]["modalities"][0]["source"].update(formt="mat"), "scenes['s'].modalities['hs'].source.formt"),
         (lambda d: d["scenes"][0].update(generate="tomorrow"), "scenes['s'].generate"),
         (lambda d: d.update(outptu={"folder": "x"}), "outptu"),
+        (lambda d: d.update(output={"batch_pixels": 0}), "output.batch_pixels"),
+        (lambda d: d.update(output={"batch_pixels": "big"}), "output.batch_pixels"),
     ],
 )
 def test_a_wrong_key_names_file_and_key(tmp_path: Path, edit, key: str) -> None:
@@ -100,3 +102,15 @@ def test_a_wrong_key_names_file_and_key(tmp_path: Path, edit, key: str) -> None:
         load_catalog(write(tmp_path, data))
     assert str(err.value).startswith(str(tmp_path / "cat.yaml"))
     assert f": {key}: expected" in str(err.value)
+
+
+def test_batch_pixels_auto_is_decided_per_device(tmp_path: Path) -> None:
+    import torch
+
+    from pipeline.classify import resolved_batch_pixels
+
+    assert load_catalog(write(tmp_path, minimal())).output.batch_pixels == "auto"
+    assert load_catalog(write(tmp_path, {**minimal(), "output": {"batch_pixels": 512}})).output.batch_pixels == 512
+    assert resolved_batch_pixels("auto", torch.device("cpu")) == 256
+    assert resolved_batch_pixels("auto", torch.device("cuda")) == 4096
+    assert resolved_batch_pixels(512, torch.device("cuda")) == 512
