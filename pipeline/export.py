@@ -169,15 +169,17 @@ def _write_cog(
         "tiled": True, "blockxsize": COG_BLOCKSIZE, "blockysize": COG_BLOCKSIZE,
         "compress": "DEFLATE", "ZLEVEL": 1, "BIGTIFF": "IF_SAFER",  # scratch: fast, still small on disk
     }
+    if colormap:
+        profile["photometric"] = "palette"
     with (rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_output(path) as tmp, _scratch_file(path) as scratch):
         with rasterio.open(scratch, "w", **profile) as dst:
+            if colormap:  # before any pixel: GDAL cannot change the photometric tag once blocks are written
+                dst.write_colormap(1, colormap)
             for window in _windows(height, width):
                 rows, cols = window.toslices()
                 block = variable.isel(y=rows, x=cols).to_numpy().astype(dtype, copy=False)
                 dst.write(block, 1, window=window)
             dst.set_band_description(1, description)
-            if colormap:
-                dst.write_colormap(1, colormap)
             if band_tags:
                 dst.update_tags(1, **band_tags)
         options = {"BLOCKSIZE": COG_BLOCKSIZE, "COMPRESS": "DEFLATE", "RESAMPLING": resampling,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -45,6 +46,16 @@ def _assert_cog_on_grid(src: rasterio.DatasetReader, store) -> None:
     assert src.crs == rasterio.crs.CRS.from_epsg(32632)
     assert src.transform == store.transform
     assert (src.height, src.width) == store.classes.shape
+
+
+def test_palette_cogs_are_written_without_gdal_complaints(store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The colour table goes in before any pixel: GDAL refuses to change the photometric tag afterwards."""
+    with caplog.at_level(logging.DEBUG, logger="rasterio"):
+        export.write_class_cog(store.open(), tmp_path / "class.tif")
+        export.write_pattern_cog(store.open(), tmp_path / "pattern.tif")
+    assert "signalled an error" not in caplog.text
+    with rasterio.open(tmp_path / "class.tif") as src:
+        assert src.colorinterp[0] == rasterio.enums.ColorInterp.palette
 
 
 def test_only_final_files_are_left(written: Path) -> None:
