@@ -1,7 +1,7 @@
 """The scene grid and the alignment of every raster onto it.
 
-Reprojection is GDAL's warp through odc-geo, for in-memory rasters (MAT, Zarr) and
-dask-backed ones (GeoTIFF and ENVI are read lazily) alike: the latter are warped chunk
+Reprojection is GDAL's warp through odc-geo, for in-memory rasters (MAT) and
+dask-backed ones (GeoTIFF, ENVI and Zarr are read lazily) alike: the latter are warped chunk
 by chunk, so alignment never holds a whole cube.
 """
 

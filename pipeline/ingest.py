@@ -117,10 +117,10 @@ def _modality_variable(name: str, da: xr.DataArray) -> xr.DataArray:
 def build_scene_dataset(catalog: Catalog, scene: Scene) -> tuple[xr.Dataset, SceneGrid]:
     """Read, align and assemble a scene as the store's Dataset, without attributes.
 
-    GeoTIFF and ENVI cubes stay lazy (dask), on the grid or warped onto it chunk by
-    chunk, so writing the store streams them window by window and ingest memory does
-    not grow with the scene. MAT and Zarr sources are held in memory one modality at a
-    time; masks and labels are one byte a pixel.
+    GeoTIFF, ENVI and Zarr cubes stay lazy (dask), on the grid or warped onto it chunk
+    by chunk, so writing the store streams them window by window and ingest memory does
+    not grow with the scene. MAT sources are held in memory one modality at a time;
+    masks and labels are one byte a pixel.
     """
     catalog_file = catalog.path
     prefix = f"scenes[{scene.name!r}]"

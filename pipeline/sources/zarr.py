@@ -1,4 +1,8 @@
-"""Zarr reader: one variable of a Zarr store (v2 or v3), with its CRS when the store has one (rioxarray)."""
+"""Zarr reader: one variable of a Zarr store (v2 or v3), with its CRS when the store has one (rioxarray).
+
+The variable stays lazy (dask, the store's chunks), so it streams into the scene store;
+every chunk is decoded once up front so a corrupt one is reported here.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,15 @@ def _open(path: Path) -> xr.Dataset:
         return xr.open_zarr(path, decode_coords="all", consolidated=True)
     except (ValueError, KeyError):
         return xr.open_zarr(path, decode_coords="all", consolidated=False)
+
+
+def check_chunks(da: xr.DataArray) -> None:
+    """Decode every chunk of a dask-backed variable once, one at a time, keeping nothing: a corrupt chunk fails
+    here, where the source is named, and memory stays at one chunk whatever the variable's size."""
+    if da.chunks is None:
+        return
+    for index in np.ndindex(*da.data.numblocks):
+        da.data.blocks[index].compute(scheduler="synchronous")
 
 
 def read_zarr(source: Source, where: str) -> xr.DataArray:
@@ -45,8 +58,8 @@ def read_zarr(source: Source, where: str) -> xr.DataArray:
     if (y, x) != ("y", "x"):
         raise SourceError(path, f"{where}.key", "dims (band, y, x)", f"dims {da.dims}")
     try:
-        da = da.load()
-    except (OSError, ValueError, KeyError) as exc:
+        check_chunks(da)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise SourceError(path, f"{where}.key", f"readable chunks of {key!r}", f"{type(exc).__name__}: {exc}") from None
     if "band" not in da.coords or not np.issubdtype(da["band"].dtype, np.integer):
         da = da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))

@@ -275,10 +275,21 @@ def test_zarr_round_trip(tmp_path: Path) -> None:
     da = da.rio.write_crs(CRS).rio.write_transform(TRANSFORM)
     xr.Dataset({"sar": da, "mask": da.isel(band=0) > 0.5}).to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False)
     back = read_source(Source(path=tmp_path / "s.zarr", format="zarr", key="sar"))
+    assert back.chunks is not None  # lazy: a large store streams into the scene store
     np.testing.assert_array_equal(back.values, data)
     assert back.rio.crs.to_epsg() == 32632 and back.rio.transform() == TRANSFORM
     with pytest.raises(SourceError, match=r"s\.zarr.*key.*variable named 'hs'"):
         read_source(Source(path=tmp_path / "s.zarr", format="zarr", key="hs"))
+
+
+def test_corrupt_zarr_chunk_is_named_when_read(tmp_path: Path) -> None:
+    da = xr.DataArray(cube(2, 40, 40), dims=("band", "y", "x"))
+    xr.Dataset({"sar": da}).chunk({"y": 20, "x": 20}).to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False)
+    chunk = tmp_path / "s.zarr" / "sar" / "c" / "0" / "1" / "1"
+    assert chunk.is_file()
+    chunk.write_bytes(b"not a compressed chunk")
+    with pytest.raises(SourceError, match=r"s\.zarr.*readable chunks of 'sar'"):
+        read_source(Source(path=tmp_path / "s.zarr", format="zarr", key="sar"))
 
 
 def test_every_format_has_a_reader() -> None:
