@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's ceiling for the mmap threshold on 64-bit
-TRIM_THRESHOLD_BYTES = 512 * 2**20
+TRIM_THRESHOLD_BYTES = 128 * 2**20  # a batch's activations stay; more free memory than this goes back to the OS
 
 _tuned = False
 
