@@ -56,9 +56,13 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "mmlc-test"
 
 
-def execute(name: str, kernel_name: str) -> nbformat.NotebookNode:
+def execute(name: str, kernel_name: str, monkeypatch: pytest.MonkeyPatch, catalog: Path, output: Path,
+            **settings: str) -> nbformat.NotebookNode:
+    """Run a notebook on ``catalog`` into ``output``; ``settings`` become its ``MMLC_<NAME>`` variables."""
     from nbclient import NotebookClient
 
+    for key, value in {"catalog": str(catalog), "output": str(output), **settings}.items():
+        monkeypatch.setenv(f"MMLC_{key.upper()}", value)
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     NotebookClient(notebook, kernel_name=kernel_name, timeout=600,
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
@@ -88,10 +92,8 @@ def test_committed_notebooks_match_their_generator(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_interactive_mapping_notebook_runs(tiny_catalog: Path, kernel: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MMLC_CATALOG", str(tiny_catalog))
-    monkeypatch.setenv("MMLC_OUTPUT", str(tmp_path / "out"))
-    monkeypatch.setenv("MMLC_METHODS", "mamol,baseline")
-    notebook = execute("01_interactive_mapping.ipynb", kernel)
+    notebook = execute("01_interactive_mapping.ipynb", kernel, monkeypatch, tiny_catalog, tmp_path / "out",
+                       methods="mamol,baseline")
 
     html = outputs_of(notebook, "text/html")
     assert len(html) >= 2, "the web map and the side-by-side map are displayed"
@@ -113,13 +115,8 @@ def test_interactive_mapping_notebook_runs(tiny_catalog: Path, kernel: str, tmp_
 @pytest.mark.slow
 def test_train_and_evaluate_notebook_runs(tiny_catalog: Path, kernel: str, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MMLC_CATALOG", str(tiny_catalog))
-    monkeypatch.setenv("MMLC_OUTPUT", str(tmp_path / "out"))
-    monkeypatch.setenv("MMLC_METHODS", "baseline,mamol")
-    monkeypatch.setenv("MMLC_ROWS", "0")
-    monkeypatch.setenv("MMLC_EPOCHS", "1")
-    monkeypatch.setenv("MMLC_MAX_TEST_PIXELS", "300")
-    notebook = execute("02_train_and_evaluate.ipynb", kernel)
+    notebook = execute("02_train_and_evaluate.ipynb", kernel, monkeypatch, tiny_catalog, tmp_path / "out",
+                       methods="baseline,mamol", rows="0", epochs="1", max_test_pixels="300")
 
     markdown = outputs_of(notebook, "text/markdown")
     assert len(markdown) == 1
