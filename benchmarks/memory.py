@@ -127,7 +127,7 @@ def child(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks.stages import breakdown, instrumented
-    from pipeline.catalog import load_catalog
+    from pipeline.config.catalog import load_catalog
     from pipeline.run import run
 
     catalog = load_catalog(args.catalog)

@@ -22,8 +22,8 @@ import xarray as xr
 from torch.utils.data import DataLoader, Dataset
 
 from models.base import MissingModalityClassifier
-from pipeline.patches import NormStats
-from pipeline.scene import band_dim
+from pipeline.data.patches import NormStats
+from pipeline.data.store import band_dim
 
 
 @dataclass

@@ -37,7 +37,15 @@ from typing import Any
 import torch
 
 from benchmarks.memory import measure_tree
-from benchmarks.scenes import ROOT, TRENTO_SHAPE, demo_catalog, demo_catalog_dict, generate_scene, scaled_shape, write_catalog
+from benchmarks.scenes import (
+    ROOT,
+    TRENTO_SHAPE,
+    demo_catalog,
+    demo_catalog_dict,
+    generate_scene,
+    scaled_shape,
+    write_catalog,
+)
 from benchmarks.stages import breakdown, instrumented
 from benchmarks.summary import evaluate_targets, write_summary
 
@@ -145,7 +153,7 @@ def bench_workers(settings: Settings, work: Path, checkpoint: Path, demo: dict[s
 
 def train_memory_checkpoint(settings: Settings, work: Path) -> Path:
     """A cheap checkpoint for the scale runs: the demo's model with 1 x 1 patches, trained briefly on the 1x scene."""
-    from pipeline.train import train
+    from pipeline.learn.training import train
 
     catalog = demo_catalog(work / "scene-1x", work / "memory-train", model={"patch_size": settings.memory_patch_size},
                            training=FAST_TRAINING)

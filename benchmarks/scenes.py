@@ -7,8 +7,13 @@ from typing import Any
 
 import yaml
 
-from pipeline.catalog import Catalog, parse_catalog
-from pipeline.demo import DEMO_CATALOG, FILES, demo_catalog_dict, generate_demo_scene
+from pipeline.config.catalog import Catalog, parse_catalog
+from pipeline.datasets.demo import (
+    DEMO_CATALOG,
+    FILES,
+    demo_catalog_dict,
+    generate_demo_scene,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRENTO_SHAPE = (166, 600)  # rows, cols of the demo scene: Trento's size

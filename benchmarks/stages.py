@@ -74,23 +74,23 @@ def _timed_context(log: StageLog, fn: Callable, on_enter: Callable[[str], None] 
 @contextlib.contextmanager
 def instrumented(on_enter: Callable[[str], None] | None = None) -> Iterator[StageLog]:
     """Record stage times of every ``pipeline.run.run`` call made inside the block."""
-    import pipeline.availability
-    import pipeline.export
-    import pipeline.ingest
-    import pipeline.mapping
+    import pipeline.data.availability
+    import pipeline.data.ingest
+    import pipeline.inference.mapping
+    import pipeline.outputs.cog
     import pipeline.run
 
     log = StageLog()
     targets: list[tuple[Any, str, Callable]] = [
-        (pipeline.ingest, "ingest_scene", lambda f: _timed(log, "ingest", f, on_enter)),
-        (pipeline.availability, "scene_availability", lambda f: _timed(log, "availability", f, None, nested=True)),
+        (pipeline.data.ingest, "ingest_scene", lambda f: _timed(log, "ingest", f, on_enter)),
+        (pipeline.data.availability, "scene_availability", lambda f: _timed(log, "availability", f, None, nested=True)),
         (pipeline.run, "resolve_checkpoint", lambda f: _timed(log, "train", f, on_enter)),
         (pipeline.run, "dask_client", lambda f: _timed_context(log, f, on_enter)),
-        (pipeline.mapping, "map_scene", lambda f: _timed(log, "mapping", f, on_enter, keep=True)),
+        (pipeline.inference.mapping, "map_scene", lambda f: _timed(log, "mapping", f, on_enter, keep=True)),
         (pipeline.run, "held_out_accuracy", lambda f: _timed(log, "accuracy", f, on_enter)),
     ]
     for name in ("write_class_cog", "write_confidence_cog", "write_pattern_cog", "write_quicklook"):
-        targets.append((pipeline.export, name, lambda f: _timed(log, "export", f, on_enter)))
+        targets.append((pipeline.outputs.cog, name, lambda f: _timed(log, "export", f, on_enter)))
     originals = [(module, name, getattr(module, name)) for module, name, _ in targets]
     try:
         for (module, name, wrap), (_, _, original) in zip(targets, originals):

@@ -139,7 +139,7 @@ def write_summary(results: dict[str, Any], path: Path) -> Path:
         t = results["throughput"]
         out += ["## Classification throughput", "",
                 f"Same checkpoint ({t['model']}), same {t['engine_float32']['pixels']} pixels (window {t['window']}), one process, "
-                f"{t['threads']} torch threads. Engine: `pipeline.classify.classify_window` (window read from Zarr, vectorised patches, "
+                f"{t['threads']} torch threads. Engine: `pipeline.inference.classify.classify_window` (window read from Zarr, vectorised patches, "
                 f"batches of {t.get('engine_batch', '?')}, the catalog's `output.batch_pixels`). Naive: whole scene in memory, one patch per `__getitem__`, `DataLoader(batch_size=64)`. "
                 f"Model only: the model on ready random tensors (the ceiling of any data path). "
                 f"The Dask demo run classified {t.get('dask_px_per_s_demo')} px/s.", ""]

@@ -14,8 +14,14 @@ import xarray as xr
 
 from benchmarks.naive import PixelPatches, classify_pixels, load_scene
 from models import checkpoint_hash
-from pipeline.classify import autocast_dtype, classify_window, load_classifier, resolved_batch_pixels, resolved_precision
-from pipeline.patches import Window
+from pipeline.data.patches import Window
+from pipeline.inference.classify import (
+    autocast_dtype,
+    classify_window,
+    load_classifier,
+    resolved_batch_pixels,
+    resolved_precision,
+)
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 

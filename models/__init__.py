@@ -7,7 +7,7 @@ from models import baseline, lvpcnet, mamol, mmp  # noqa: F401  (registration)
 from models.backbone import (
     PRESETS,
     BackbonePreset,
-    PretrainedWeightsDownloadError,
+    PretrainedWeightsError,
     PretrainedWeightsNotFoundError,
     build_backbone,
 )
@@ -30,7 +30,7 @@ __all__ = [
     "MissingModalityClassifier",
     "ModelConfig",
     "OptimizerDefaults",
-    "PretrainedWeightsDownloadError",
+    "PretrainedWeightsError",
     "PretrainedWeightsNotFoundError",
     "available_methods",
     "build_backbone",

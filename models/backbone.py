@@ -24,7 +24,12 @@ from typing import NamedTuple
 
 import open_clip
 import torch
-from open_clip.transformer import LayerNorm, QuickGELU, ResidualAttentionBlock, Transformer
+from open_clip.transformer import (
+    LayerNorm,
+    QuickGELU,
+    ResidualAttentionBlock,
+    Transformer,
+)
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -50,8 +55,8 @@ class PretrainedWeightsNotFoundError(FileNotFoundError):
     """A local CLIP weights file named by ``model.pretrained`` does not exist."""
 
 
-class PretrainedWeightsDownloadError(RuntimeError):
-    """CLIP weights named by an open_clip tag could not be downloaded or loaded."""
+class PretrainedWeightsError(RuntimeError):
+    """CLIP weights (a local file or an open_clip tag) could not be read, downloaded or loaded."""
 
 
 _skip_pretrained: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_pretrained", default=False)
@@ -173,7 +178,7 @@ def load_clip_weights(backbone: Backbone, pretrained: str, quick_gelu: bool) -> 
         clip = open_clip.create_model(CLIP_MODEL, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except Exception as error:
         where = "download" if is_tag else "read"
-        raise PretrainedWeightsDownloadError(
+        raise PretrainedWeightsError(
             f"could not {where} CLIP {CLIP_MODEL} weights {pretrained!r} (catalog key model.pretrained): {error}. "
             f"Download the weights by hand (e.g. open_clip_model.safetensors from "
             f"https://huggingface.co/timm/vit_base_patch16_clip_224.openai) and set model.pretrained to the file's path"

@@ -76,8 +76,6 @@ class OptimizerDefaults:
 
     lr: float = 2e-3
     weight_decay: float = 2e-2
-    warmup_fraction: float = 0.1
-    batch_size: int = 128
 
 
 class MissingModalityClassifier(nn.Module):
@@ -111,15 +109,6 @@ class MissingModalityClassifier(nn.Module):
         logits = self(inputs, available)
         ce = nn.functional.cross_entropy(logits, targets)
         return {"loss": ce, "ce": ce.detach()}
-
-    def zero_missing(self, inputs: dict[str, Tensor], available: Tensor) -> dict[str, Tensor]:
-        """Inputs with every unavailable modality's patch set to zero, so its values cannot leak."""
-        out = {}
-        for i, name in enumerate(self.config.modalities):
-            x = inputs[name]
-            mask = available[:, i].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-            out[name] = x * mask
-        return out
 
     def check_inputs(self, inputs: dict[str, Tensor], available: Tensor) -> None:
         cfg = self.config

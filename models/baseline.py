@@ -3,12 +3,12 @@
 Missing modalities are handled only by the token replacement of
 ``models.projection`` (zeros by default): the model has no notion of the
 missing pattern beyond that. ``config.params`` takes the common keys of
-``models.encoder`` (``missing_tokens``, ``freeze_backbone``, ``quick_gelu``).
+``models.classifier`` (``missing_tokens``, ``freeze_backbone``, ``quick_gelu``).
 """
 
 from __future__ import annotations
 
-from models.encoder import PatchTransformerClassifier
+from models.classifier import PatchTransformerClassifier
 from models.registry import register
 
 

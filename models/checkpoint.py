@@ -16,8 +16,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +54,13 @@ class CheckpointMismatchError(ValueError):
 def save_checkpoint(
     model: MissingModalityClassifier, directory: str | os.PathLike[str], metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` to ``directory`` atomically (an existing checkpoint there is replaced).
+    """Write ``model`` into ``directory`` (created if needed): ``model.safetensors`` and ``config.json``.
 
-    The files are written to a temporary directory beside the target, which is
-    then moved into place, so a crash never leaves a half-written checkpoint.
+    The files are written in place; a caller that must never leave a half-written
+    checkpoint writes into a staging directory and moves it into place (the pipeline
+    does, with ``pipeline.files.atomic_directory``).
     """
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": FORMAT_VERSION,
         "model": model.config.to_dict(),
@@ -71,27 +69,12 @@ def save_checkpoint(
     }
     config_text = json.dumps(config, indent=2, sort_keys=True, default=_json_path)  # fails early on non-JSON metadata
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "method": model.config.method})
-        (staging / CONFIG_FILE).write_text(config_text)
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    if not target.is_dir():
+    if target.exists() and not target.is_dir():
         raise FileExistsError(f"cannot write a checkpoint to {target}: a file of that name exists")
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(target / WEIGHTS_FILE), metadata={"format": "pt", "method": model.config.method})
+    (target / CONFIG_FILE).write_text(config_text)
+    return target
 
 
 def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -61,10 +61,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.backbone import CLIP_MODEL, Backbone, build_backbone, pretrained_weights_skipped
+from models.backbone import (
+    CLIP_MODEL,
+    Backbone,
+    build_backbone,
+    pretrained_weights_skipped,
+)
 from models.base import MissingModalityClassifier, ModelConfig
-from models.encoder import resolve_params
-from models.projection import ModalityProjection
+from models.classifier import resolve_params
+from models.projection import ModalityProjection, zero_where_missing
 from models.registry import register
 from models.text import class_texts, encode_texts, text_feature_dim
 
@@ -304,12 +309,6 @@ class LVPCNet(MissingModalityClassifier):
         align = torch.stack(align_terms).mean() if align_terms else ce.new_zeros(())
         loss = ce.float() + float(self.params["align_weight"]) * align
         return {"loss": loss, "ce": ce.detach(), "align": align.detach()}
-
-
-def zero_where_missing(x: Tensor, present: Tensor) -> Tensor:
-    """``x`` (B, ...) with the rows where ``present`` (B,) is false set to zero (NaN and inf included)."""
-    mask = present.view(-1, *([1] * (x.dim() - 1)))
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def class_text_contrastive(visual: Tensor, text: Tensor, targets: Tensor, temperature: float) -> Tensor:

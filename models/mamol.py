@@ -26,10 +26,10 @@ on with coefficient 1, and one expert per modality with coefficient
 it is missing. The coefficients are fixed, never learned.
 
 The classification head sees the modality features concatenated (see
-``models.encoder``). The seed describes no auxiliary loss (no router
+``models.classifier``). The seed describes no auxiliary loss (no router
 load-balancing term), so training minimises cross-entropy only.
 
-``config.params`` (with the common keys of ``models.encoder``):
+``config.params`` (with the common keys of ``models.classifier``):
     expert_layers: ``"last"`` (default) or ``"head"``: put the mixtures in the last or the first blocks.
     num_expert_layers: how many blocks get a mixture (default 6; at most the backbone depth).
     lora_rank: rank of every expert (default 8).
@@ -53,8 +53,9 @@ from torch import Tensor, nn
 
 from models.backbone import attention_step, ffn_input
 from models.base import ModelConfig
-from models.encoder import COMMON_PARAMS, PatchTransformerClassifier
+from models.classifier import COMMON_PARAMS, PatchTransformerClassifier
 from models.lora import LoRAExperts, PatternRouter
+from models.patterns import pattern_code
 from models.registry import register
 
 log = logging.getLogger(__name__)
@@ -151,12 +152,11 @@ class MaMOL(PatchTransformerClassifier):
         self.mixtures = nn.ModuleDict(
             {str(i): MissingAwareMixture(width, num_modalities, p) for i in self.expert_layers}
         )
-        self.register_buffer("pattern_weights", 2 ** torch.arange(num_modalities), persistent=False)
         self.last_gates: dict[int, Tensor] = {}
 
     def pattern_codes(self, available: Tensor) -> Tensor:
         """(B,) integer code of each sample's availability pattern: sum of 2**i over available modalities."""
-        return (available.long() * self.pattern_weights).sum(dim=1)
+        return pattern_code(available, axis=1)
 
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
         self.last_gates = {}

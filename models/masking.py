@@ -1,4 +1,4 @@
-"""MMP's training-time modality masking (pure torch; ``pipeline.protocols`` re-exports it)."""
+"""MMP's training-time modality masking (pure torch; ``pipeline.learn.protocols`` re-exports it)."""
 
 from __future__ import annotations
 

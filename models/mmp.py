@@ -26,7 +26,7 @@ every modality's tokens). Modalities missing in the data itself (not masked)
 have no target and add nothing to the alignment loss. At inference the
 projected tokens fill every missing modality.
 
-``config.params`` (with the common keys of ``models.encoder``; ``missing_tokens``
+``config.params`` (with the common keys of ``models.classifier``; ``missing_tokens``
 does not apply, missing tokens are always projected):
     mask_prob: masking probability per modality during training (default 0.5).
     num_aggregate_tokens: learnable aggregate tokens per modality (default 8).
@@ -44,7 +44,7 @@ from open_clip.transformer import LayerNorm
 from torch import Tensor, nn
 
 from models.base import ModelConfig
-from models.encoder import COMMON_PARAMS, PatchTransformerClassifier
+from models.classifier import COMMON_PARAMS, PatchTransformerClassifier
 from models.masking import mmp_mask
 from models.registry import register
 

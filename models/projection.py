@@ -19,6 +19,12 @@ from torch import Tensor, nn
 MISSING_TOKEN_MODES = ("zero", "dummy")
 
 
+def zero_where_missing(x: Tensor, present: Tensor) -> Tensor:
+    """``x`` (B, ...) with the rows where ``present`` (B,) is false set to zero (NaN and inf included)."""
+    mask = present.view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 class ModalityProjection(nn.Module):
     """Patches of M modalities -> (B, M*P*P, width) tokens, with missing ones replaced.
 
@@ -51,9 +57,8 @@ class ModalityProjection(nn.Module):
         groups = []
         for i, name in enumerate(self.modalities):
             present = available[:, i].view(-1, 1, 1)
-            x = inputs[name].flatten(2).transpose(1, 2)  # (B, P*P, C_m)
             # zero the raw values too, so NaN/inf in a missing patch cannot reach the gradients
-            x = torch.where(present, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            x = zero_where_missing(inputs[name], available[:, i]).flatten(2).transpose(1, 2)  # (B, P*P, C_m)
             tokens = self.band_maps[name](x) + self.position + self.modality[i]
             fill = self.dummy[i].to(tokens.dtype) if self.missing_tokens == "dummy" else tokens.new_zeros(())
             groups.append(torch.where(present, tokens, fill))

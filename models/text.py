@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from models.backbone import (
     CLIP_MODEL,
-    PretrainedWeightsDownloadError,
+    PretrainedWeightsError,
     PretrainedWeightsNotFoundError,
     uses_quick_gelu,
 )
@@ -184,6 +184,6 @@ def load_clip(pretrained: str, quick_gelu: bool) -> open_clip.CLIP:
         return open_clip.create_model(CLIP_MODEL, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except Exception as error:
         where = "download" if is_tag else "read"
-        raise PretrainedWeightsDownloadError(
+        raise PretrainedWeightsError(
             f"could not {where} CLIP {CLIP_MODEL} weights {pretrained!r} for the text encoder: {error}"
         ) from error

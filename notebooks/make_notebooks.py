@@ -37,7 +37,7 @@ Settings come from environment variables so the same notebook runs headless in t
 import os
 from pathlib import Path
 
-from pipeline.catalog import load_catalog
+from pipeline.config.catalog import load_catalog
 
 CATALOG = Path(os.environ.get("MMLC_CATALOG", "../catalogs/demo.yaml"))
 OUTPUT = Path(os.environ.get("MMLC_OUTPUT", "../outputs/notebooks/01")).resolve()
@@ -53,7 +53,7 @@ print(f"catalog {CATALOG}, methods {METHODS}, outputs under {OUTPUT}")"""),
 (a checkpoint in the catalog is used for the catalog's own method only), maps it on Dask and
 exports Cloud-Optimized GeoTIFFs, a quicklook, a JSON report and a STAC item."""),
     new_code_cell("""\
-from pipeline.report import format_summary
+from pipeline.outputs.report import format_summary
 from pipeline.run import run
 
 runs = {}
@@ -76,7 +76,7 @@ the availability pattern (which modalities each pixel was mapped from), and the 
 hover a region for its class and mean confidence, click it for a popup. Clicking elsewhere shows
 the coordinates, which `pixel_info` below turns into class, confidence and pattern."""),
     new_code_cell("""\
-from pipeline.webmap import interactive_map
+from pipeline.outputs.webmap import interactive_map
 
 folder = first.outputs["landcover"].parent
 web_map = interactive_map(folder)
@@ -86,7 +86,7 @@ web_map"""),
 import rasterio
 from rasterio.warp import transform
 
-from pipeline.webmap import pixel_info
+from pipeline.outputs.webmap import pixel_info
 
 with rasterio.open(folder / "landcover.tif") as src:  # the centre of the map, in degrees
     (lon,), (lat,) = transform(src.crs, "EPSG:4326", [(src.bounds.left + src.bounds.right) / 2],
@@ -98,7 +98,7 @@ info"""),
 
 Pan or zoom one pane and the other follows; each has its own layer switcher and hover regions."""),
     new_code_cell("""\
-from pipeline.webmap import side_by_side
+from pipeline.outputs.webmap import side_by_side
 
 left, right = METHODS[0], METHODS[min(1, len(METHODS) - 1)]
 dual = side_by_side(runs[left].outputs["landcover"].parent, runs[right].outputs["landcover"].parent)
@@ -144,7 +144,7 @@ with overall accuracy (OA), average accuracy (AA), Cohen's kappa and confusion m
 import os
 from pathlib import Path
 
-from pipeline.catalog import load_catalog
+from pipeline.config.catalog import load_catalog
 
 CATALOG = Path(os.environ.get("MMLC_CATALOG", "../catalogs/demo.yaml"))
 OUTPUT = Path(os.environ.get("MMLC_OUTPUT", "../outputs/notebooks/02")).resolve()
@@ -167,7 +167,7 @@ print(f"{catalog.name}: methods {METHODS}, {PROTOCOL} rows {ROWS or 'all'}, seed
 One model per method on the catalog's training protocol (`training.protocol`); each checkpoint
 is a safetensors file with a JSON config, a training log and a loss curve."""),
     new_code_cell("""\
-from pipeline.train import train
+from pipeline.learn.training import train
 
 trained = {}
 for method in METHODS:
@@ -199,7 +199,7 @@ availability and tested on held-out pixels with the row's test availability.""")
     new_code_cell("""\
 from IPython.display import Markdown, display
 
-from pipeline.evaluate import evaluate
+from pipeline.learn.evaluation import evaluate
 
 evaluation = OUTPUT / "evaluation" / PROTOCOL
 results = evaluate(catalog, PROTOCOL, METHODS, SEEDS, evaluation, max_test_pixels=MAX_TEST_PIXELS,

@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pipeline
-from pipeline.catalog import Catalog, Scene, load_catalog
-from pipeline.errors import PipelineError
+from pipeline.config.catalog import Catalog, Scene, load_catalog
+from pipeline.config.errors import PipelineError
+from pipeline.files import (
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,8 @@ def scene_key(catalog: Catalog, scene: Scene) -> str:
     section do not change a map, so they are left out.
     """
     from models import checkpoint_hash
-    from pipeline.demo import ensure_demo_data
-    from pipeline.ingest import scene_content_hash
+    from pipeline.data.ingest import scene_content_hash
+    from pipeline.datasets.demo import ensure_demo_data
 
     ensure_demo_data(scene, catalog.path)  # a generated scene's files must exist before they are hashed
     checkpoint = catalog.model.checkpoint
@@ -108,12 +111,6 @@ def is_up_to_date(state: dict[str, Any] | None, key: str) -> bool:
     if not state or state.get("key") != key:
         return False
     return all(Path(p).exists() for p in state.get("outputs", {}).values())
-
-
-def _write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- locking and logging
@@ -189,7 +186,7 @@ def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: 
                 export_dir = scene_dir / date
                 result = run_scene(work_catalog(catalog, root), scene, progress=progress, export_dir=export_dir)
                 outputs = {k: str(v) for k, v in result.outputs.items() if Path(v).is_relative_to(export_dir)}
-                _write_json_atomically(scene_dir / STATE_FILE, {
+                write_json(scene_dir / STATE_FILE, {
                     "key": key, "date": date, "catalog": str(catalog.path), "finished": _now(), "outputs": outputs,
                 })
                 outcome.status, outcome.outputs = "done", outputs

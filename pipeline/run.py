@@ -21,11 +21,17 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from models import CheckpointFormatError, CheckpointMismatchError, checkpoint_hash, load_checkpoint
-from pipeline.catalog import Catalog, Scene, load_catalog
-from pipeline.cluster import dask_client, torch_threads_per_worker
-from pipeline.errors import CheckpointError, InputError, PipelineError
-from pipeline.scene import map_store_path
+from models import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    checkpoint_hash,
+    load_checkpoint,
+)
+from pipeline.cli import configure_logging, guarded, open_catalog
+from pipeline.config.catalog import Catalog, Scene
+from pipeline.config.errors import CheckpointError, InputError
+from pipeline.data.store import map_store_path
+from pipeline.inference.cluster import dask_client, torch_threads_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ def verified_checkpoint(path: Path, scene: Scene, ds: xr.Dataset, catalog: Catal
 
 def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress: bool) -> tuple[Path, dict[str, Any], float]:
     """The catalog's checkpoint, a reusable earlier one, or a freshly trained one (seconds spent training)."""
-    from pipeline.train import default_checkpoint_dir, train
+    from pipeline.learn.training import default_checkpoint_dir, train
 
     if catalog.model.checkpoint is not None:
         return catalog.model.checkpoint, verified_checkpoint(catalog.model.checkpoint, scene, ds, catalog), 0.0
@@ -89,8 +95,8 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
 
 def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
     """Accuracy on labelled pixels that did not train or validate the model, read in row blocks."""
-    from pipeline.metrics import classification_summary
-    from pipeline.sampling import Split, class_index_lookup
+    from pipeline.learn.metrics import classification_summary
+    from pipeline.learn.sampling import Split, class_index_lookup
 
     label_var = "test_labels" if "test_labels" in ds else "labels"
     if label_var not in ds:
@@ -143,11 +149,16 @@ def run_scene(
     files (COGs, quicklook, report, STAC item) go there too unless ``export_dir`` names another folder
     (``pipeline.batch`` writes each job's exports into a dated folder and shares the rest).
     """
-    from pipeline.classify import resolved_precision
-    from pipeline.export import write_class_cog, write_confidence_cog, write_pattern_cog, write_quicklook
-    from pipeline.ingest import ingest_scene
-    from pipeline.mapping import map_scene
-    from pipeline.report import build_report, write_report, write_stac_item
+    from pipeline.data.ingest import ingest_scene
+    from pipeline.inference.classify import resolved_precision
+    from pipeline.inference.mapping import map_scene
+    from pipeline.outputs.cog import (
+        write_class_cog,
+        write_confidence_cog,
+        write_pattern_cog,
+        write_quicklook,
+    )
+    from pipeline.outputs.report import build_report, write_report, write_stac_item
 
     timings: dict[str, float] = {}
     out_dir = Path(export_dir) if export_dir is not None else Path(catalog.output.folder) / scene.name
@@ -223,8 +234,11 @@ def metadata_method(checkpoint: Path) -> str:
 
 def run(catalog: Catalog, scheduler: str | None = None, workers: int | None = None, tile_size: int | None = None,
         output: Path | None = None, progress: bool = True) -> list[SceneRun]:
+    from pipeline.datasets.demo import ensure_generated_sources
+
     if output is not None:
         catalog.output.folder = output.resolve()
+    ensure_generated_sources(catalog)
     return [run_scene(catalog, s, scheduler, workers, tile_size, progress) for s in catalog.scenes]
 
 
@@ -237,22 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="output folder (default: output.folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipeline.report import format_summary
+    configure_logging()
 
-    try:
-        catalog = load_catalog(args.catalog)
+    def body() -> int:
+        from pipeline.outputs.report import format_summary
+
+        catalog = open_catalog(args.catalog)
         runs = run(catalog, args.scheduler, args.workers, args.tile_size, args.output, progress=not args.quiet)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for r in runs:
-        print(format_summary(r.report))
-        for key in ("report", "stac"):
-            if key in r.outputs:
-                print(f"{key:<13} {r.outputs[key]}")
-    return 0
+        for r in runs:
+            print(format_summary(r.report))
+            for key in ("report", "stac"):
+                if key in r.outputs:
+                    print(f"{key:<13} {r.outputs[key]}")
+        return 0
 
+    return guarded(body)
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")

@@ -1,19 +1,20 @@
 """Shared fixtures: a small generated demo scene, catalogs pointing at it, and one trained checkpoint.
 
-The scene is made by the project's own generator (``pipeline.demo``) at a reduced
+The scene is made by the project's own generator (``pipeline.datasets.demo``) at a reduced
 size, written as GeoTIFFs, so the tests go through the same readers as users.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.catalog import Catalog, parse_catalog
-from pipeline.demo import demo_catalog_dict, generate_demo_scene
+from pipeline.config.catalog import Catalog, parse_catalog
+from pipeline.datasets.demo import demo_catalog_dict, generate_demo_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -54,7 +55,7 @@ def demo_catalog(small_demo_files: dict[str, Path], tmp_path: Path) -> Catalog:
 @pytest.fixture(scope="session")
 def trained_demo(small_demo_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, Path]:
     """A catalog on the small scene and a MaMOL checkpoint trained on it once for the whole session."""
-    from pipeline.train import train
+    from pipeline.learn.training import train
 
     out = tmp_path_factory.mktemp("trained-demo")
     catalog = small_demo_catalog(small_demo_files, out)
@@ -62,9 +63,15 @@ def trained_demo(small_demo_files: dict[str, Path], tmp_path_factory: pytest.Tem
     return catalog, result.checkpoint
 
 
-def with_checkpoint(catalog: Catalog, checkpoint: Path, output: Path) -> Catalog:
+def catalog_with_checkpoint(catalog: Catalog, checkpoint: Path, output: Path) -> Catalog:
     """A copy of ``catalog`` that maps with ``checkpoint`` into ``output``."""
     data = copy.deepcopy(catalog.model_dump(mode="json"))
     data["model"]["checkpoint"] = str(checkpoint)
     data["output"]["folder"] = str(output)
     return parse_catalog(data, catalog.path)
+
+
+@pytest.fixture
+def with_checkpoint() -> Callable[[Catalog, Path, Path], Catalog]:
+    """:func:`catalog_with_checkpoint`, for tests that map a catalog with another checkpoint."""
+    return catalog_with_checkpoint

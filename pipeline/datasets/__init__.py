@@ -5,7 +5,13 @@
 """
 
 from pipeline.datasets.download import DownloadError, download_file, sha256_of
-from pipeline.datasets.fetch import FileState, dataset_dir, dataset_status, default_root, fetch_dataset
+from pipeline.datasets.fetch import (
+    FileState,
+    dataset_dir,
+    dataset_status,
+    default_root,
+    fetch_dataset,
+)
 from pipeline.datasets.registry import DATASETS, Dataset, DatasetFile, get_dataset
 
 __all__ = [

@@ -11,9 +11,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.datasets.fetch import FileState, dataset_dir, dataset_status, default_root, fetch_dataset
+from pipeline.config.errors import PipelineError
+from pipeline.datasets.fetch import (
+    FileState,
+    dataset_dir,
+    dataset_status,
+    default_root,
+    fetch_dataset,
+)
 from pipeline.datasets.registry import DATASETS
-from pipeline.errors import PipelineError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.errors import PipelineError
+from pipeline.config.errors import PipelineError
 
 CHUNK_BYTES = 1 << 16
 USER_AGENT = "mmlandcover-datasets/0.1 (+python-urllib)"

@@ -7,7 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.datasets.download import DownloadError, download_file, part_path, sha256_of
+from pipeline.datasets.download import (
+    DownloadError,
+    download_file,
+    part_path,
+    sha256_of,
+)
 from pipeline.datasets.registry import Dataset, DatasetFile, get_dataset
 
 # What a file's state means: missing (nothing there), partial (only a .part from an interrupted

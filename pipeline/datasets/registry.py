@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import InputError
+from pipeline.config.errors import InputError
 
 
 @dataclass(frozen=True)

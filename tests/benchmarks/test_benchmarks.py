@@ -16,7 +16,7 @@ from benchmarks.memory import measure_tree  # noqa: E402
 from benchmarks.scenes import scaled_shape  # noqa: E402
 from benchmarks.stages import StageLog, breakdown, instrumented  # noqa: E402
 from benchmarks.summary import evaluate_targets, write_summary  # noqa: E402
-from pipeline.scene import scene_store_path  # noqa: E402
+from pipeline.data.store import scene_store_path  # noqa: E402
 
 
 @pytest.mark.slow
@@ -66,13 +66,13 @@ def test_scaled_shapes_match_the_issue() -> None:
 
 
 def test_stage_timers_are_removed_after_the_block() -> None:
-    import pipeline.ingest
+    import pipeline.data.ingest
     import pipeline.run
 
-    original = pipeline.ingest.ingest_scene, pipeline.run.dask_client
+    original = pipeline.data.ingest.ingest_scene, pipeline.run.dask_client
     with instrumented():
-        assert pipeline.ingest.ingest_scene is not original[0]
-    assert (pipeline.ingest.ingest_scene, pipeline.run.dask_client) == original
+        assert pipeline.data.ingest.ingest_scene is not original[0]
+    assert (pipeline.data.ingest.ingest_scene, pipeline.run.dask_client) == original
     log = StageLog(seconds={"ingest": 2.0, "availability": 0.5, "export": 1.0})
     stages = breakdown(log, wall=10.0)
     assert stages["ingest"] == 1.5 and stages["availability"] == 0.5

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pipeline import catalog as catalog_module
-from pipeline.catalog import parse_catalog
+from pipeline.config import catalog as catalog_module
+from pipeline.config.catalog import parse_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

@@ -8,7 +8,13 @@ import torch
 from open_clip.transformer import QuickGELU, Transformer
 from safetensors.torch import save_file
 
-from models import PRESETS, ModelConfig, PretrainedWeightsDownloadError, PretrainedWeightsNotFoundError, build_model
+from models import (
+    PRESETS,
+    ModelConfig,
+    PretrainedWeightsError,
+    PretrainedWeightsNotFoundError,
+    build_model,
+)
 from models.backbone import build_backbone, skip_pretrained_weights, uses_quick_gelu
 
 
@@ -45,7 +51,7 @@ def test_missing_weights_file_says_where_to_put_it(tmp_path):
 def test_unreadable_weights_file_is_a_clear_error(tmp_path):
     path = tmp_path / "open_clip_model.safetensors"
     path.write_bytes(b"not a weights file")
-    with pytest.raises(PretrainedWeightsDownloadError, match="set model.pretrained to the file's path"):
+    with pytest.raises(PretrainedWeightsError, match="set model.pretrained to the file's path"):
         build_backbone("ViT-B-16", str(path))
 
 

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 import yaml
 
-from pipeline.demo import generate_demo_scene
+from pipeline.datasets.demo import generate_demo_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"

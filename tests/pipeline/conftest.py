@@ -1,6 +1,6 @@
 """Shared fixtures of the pipeline tests.
 
-``make_map_store(folder, ...)``: write a small map store (the layout of pipeline.scene) for the
+``make_map_store(folder, ...)``: write a small map store (the layout of pipeline.data.store) for the
 export and report tests; ``.open()`` on the result opens it lazily as the pipeline does.
 (pytest runs with ``--import-mode=importlib``, so helpers reach tests as fixtures.)
 """

@@ -17,9 +17,9 @@ import rasterio
 import yaml
 
 from pipeline.batch import LOG_FILE, STATE_FILE, main, run_batch, scene_key, scene_lock
-from pipeline.catalog import parse_catalog
-from pipeline.demo import generate_demo_scene
-from pipeline.errors import PipelineError
+from pipeline.config.catalog import parse_catalog
+from pipeline.config.errors import PipelineError
+from pipeline.datasets.demo import generate_demo_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_SHAPE = (32, 64)

@@ -22,25 +22,17 @@ import yaml
 import zarr
 from distributed import Client, LocalCluster
 
-from pipeline.catalog import Catalog, parse_catalog
-from pipeline.errors import CheckpointError, InputError
-from pipeline.mapping import map_scene
-from pipeline.mosaic import partial_path
+from pipeline.config.catalog import Catalog
+from pipeline.config.errors import CheckpointError, InputError
+from pipeline.data.store import scene_store_path
+from pipeline.inference.map_store import partial_path
+from pipeline.inference.mapping import map_scene
 from pipeline.run import main as run_main
 from pipeline.run import run
-from pipeline.scene import scene_store_path
 
 pytestmark = pytest.mark.slow
 TILE = 16  # 4 x 10 tiles on the 64 x 160 test scene: a run is long enough to be interrupted
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _with_checkpoint(trained: tuple[Catalog, Path], checkpoint: Path, output: Path) -> Catalog:
-    catalog, _ = trained
-    data = catalog.model_dump(mode="json")
-    data["model"]["checkpoint"] = str(checkpoint)
-    data["output"]["folder"] = str(output)
-    return parse_catalog(data, catalog.path)
 
 
 def _map_arrays(store: Path) -> dict[str, np.ndarray]:
@@ -120,11 +112,11 @@ def test_worker_killed_during_mapping_still_gives_the_same_map(trained_demo, sce
     cluster.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
 
 
-def test_run_killed_and_restarted_resumes_with_the_same_map(trained_demo, reference, tmp_path) -> None:
+def test_run_killed_and_restarted_resumes_with_the_same_map(trained_demo, reference, tmp_path, with_checkpoint) -> None:
     import json
 
     out = tmp_path / "out"
-    catalog = _with_checkpoint(trained_demo, trained_demo[1], out)
+    catalog = with_checkpoint(trained_demo[0], trained_demo[1], out)
     catalog_file = tmp_path / "catalog.yaml"
     catalog_file.write_text(yaml.safe_dump(catalog.model_dump(mode="json")))
     command = [sys.executable, "-m", "pipeline.run", str(catalog_file), "--workers", "2", "--tile-size", str(TILE), "--quiet"]
@@ -168,7 +160,7 @@ def test_corrupt_chunk_in_the_scene_store_is_named(trained_demo, scene_store, cl
 
 
 def test_corrupt_chunk_is_named_when_training_reads_it(trained_demo, scene_store, tmp_path) -> None:
-    from pipeline.patches import Window, read_window
+    from pipeline.data.patches import Window, read_window
 
     damaged = tmp_path / "scene.zarr"
     shutil.copytree(scene_store, damaged)
@@ -180,7 +172,7 @@ def test_corrupt_chunk_is_named_when_training_reads_it(trained_demo, scene_store
 
 
 @pytest.mark.parametrize("keep_bytes", [6, "half"])
-def test_truncated_checkpoint_is_refused(trained_demo, tmp_path, keep_bytes, capsys) -> None:
+def test_truncated_checkpoint_is_refused(trained_demo, tmp_path, keep_bytes, capsys, with_checkpoint) -> None:
     _, checkpoint = trained_demo
     bad = tmp_path / "checkpoint"
     shutil.copytree(checkpoint, bad)
@@ -189,7 +181,7 @@ def test_truncated_checkpoint_is_refused(trained_demo, tmp_path, keep_bytes, cap
     with open(weights, "r+b") as f:
         f.truncate(size // 2 if keep_bytes == "half" else keep_bytes)
     out = tmp_path / "out"
-    catalog = _with_checkpoint(trained_demo, bad, out)
+    catalog = with_checkpoint(trained_demo[0], bad, out)
     with pytest.raises(CheckpointError) as caught:
         run(catalog, workers=1, progress=False)
     assert caught.value.file == bad and caught.value.key == "model.checkpoint"

@@ -1,0 +1,426 @@
+"""The YAML catalog: what a user declares about scenes, model, output and cluster.
+
+The catalog is validated with pydantic. Every section forbids unknown keys, so a
+misspelt key is an error that names the file and the key. Relative paths are
+resolved against the folder of the catalog file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.config.errors import CatalogError
+
+ModalityKind = Literal["hs", "lidar", "sar", "msi"]
+SourceFormat = Literal["geotiff", "envi", "mat", "zarr"]
+OPTICAL_KINDS: tuple[str, ...] = ("hs", "msi")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Georeference(_Section):
+    """A georeference declared for sources that carry none (benchmark ``.mat`` files).
+
+    ``origin`` is the map coordinate of the upper-left corner of the upper-left
+    pixel, ``resolution`` the pixel size in CRS units (square pixels, north up).
+    """
+
+    crs: str
+    origin: tuple[float, float]
+    resolution: float = Field(gt=0)
+
+
+class Source(_Section):
+    """Where a raster lives and how to read it.
+
+    ``path`` is one file (or a Zarr store); ``paths`` is one single-band file per
+    band, in band order. ``key`` names the array in a ``.mat`` file or the
+    variable in a Zarr store; when absent the reader takes the only array.
+    ``band_order`` says whether a 3-D ``.mat`` array is (y, x, band),
+    (band, y, x) or to be guessed from the shape (``auto``).
+    """
+
+    path: Path | None = None
+    paths: list[Path] | None = None
+    format: SourceFormat = "geotiff"
+    key: str | None = None
+    band_order: Literal["auto", "yxb", "byx"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_of_path_paths(self) -> Source:
+        if (self.path is None) == (self.paths is None):
+            raise ValueError("give exactly one of 'path' (one file) or 'paths' (one file per band)")
+        return self
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path] if self.path is not None else list(self.paths or [])
+
+
+class Modality(_Section):
+    name: str
+    kind: ModalityKind
+    source: Source
+    wavelengths: list[float] | None = Field(default=None, description="band centres in nanometres")
+    band_names: list[str] | None = None
+    nodata: float | None = None
+    acquired: dt.datetime | None = Field(default=None, description="acquisition time, for time-window failures")
+    georeference: Georeference | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
+            raise ValueError(f"modality name {v!r} must be lower-case letters, digits and '_', starting with a letter")
+        if v in ("labels", "available", "train_labels", "test_labels", "spatial_ref"):
+            raise ValueError(f"modality name {v!r} is reserved")
+        return v
+
+
+class Grid(_Section):
+    """The scene grid: either taken from one modality, or declared (CRS, resolution, bounds)."""
+
+    from_modality: str | None = None
+    crs: str | None = None
+    resolution: float | None = Field(default=None, gt=0)
+    bounds: tuple[float, float, float, float] | None = Field(default=None, description="left, bottom, right, top")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Grid:
+        declared = (self.crs, self.resolution, self.bounds)
+        if self.from_modality is None and any(v is None for v in declared):
+            raise ValueError("give 'from_modality', or all of 'crs', 'resolution' and 'bounds'")
+        return self
+
+
+class CloudMask(_Section):
+    """A cloud mask: a raster (boolean or probability, compared with ``threshold``) or vector polygons."""
+
+    path: Path
+    type: Literal["raster", "vector"] | None = None
+    threshold: float = 0.5
+    applies_to: list[str] | None = Field(default=None, description="modalities it hides; default the optical ones")
+    crs: str | None = Field(default=None, description="CRS of a vector file that declares none")
+
+    @property
+    def resolved_type(self) -> str:
+        if self.type is not None:
+            return self.type
+        vector_suffixes = {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml"}
+        return "vector" if self.path.suffix.lower() in vector_suffixes else "raster"
+
+
+class SensorFailure(_Section):
+    """A sensor-failure record: a whole modality out, a footprint, or a time window."""
+
+    modality: str
+    footprint: Path | None = Field(default=None, description="polygons where the modality is absent")
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> SensorFailure:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("a time-window failure needs both 'start' and 'end'")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError("'end' is before 'start'")
+        return self
+
+
+class Availability(_Section):
+    clouds: list[CloudMask] = Field(default_factory=list)
+    failures: list[SensorFailure] = Field(default_factory=list)
+
+
+class ClassInfo(_Section):
+    value: int = Field(ge=1, le=254)
+    name: str
+    color: str = Field(description="#rrggbb")
+    description: dict[str, str] | None = Field(
+        default=None, description="text per key: 'shared' and modality kinds (hs, lidar, sar, msi)"
+    )
+
+    @field_validator("color")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", v):
+            raise ValueError(f"colour {v!r} is not of the form #rrggbb")
+        return v.lower()
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+class Labels(_Section):
+    """Ground truth: one raster or vector source, and optionally fixed train/test splits."""
+
+    source: Source | None = None
+    vector: Path | None = Field(default=None, description="polygons with a class column")
+    class_column: str = "class"
+    train: Source | None = None
+    test: Source | None = None
+    classes: list[ClassInfo]
+
+    @model_validator(mode="after")
+    def _classes(self) -> Labels:
+        values = [c.value for c in self.classes]
+        if len(set(values)) != len(values):
+            raise ValueError(f"class values repeat: {values}")
+        if not self.classes:
+            raise ValueError("at least one class is needed")
+        return self
+
+
+class Scene(_Section):
+    name: str
+    modalities: list[Modality]
+    grid: Grid
+    availability: Availability = Field(default_factory=Availability)
+    labels: Labels | None = None
+    generate: Literal["demo"] | None = Field(
+        default=None, description="sources the pipeline generates on first use (the procedural demo scene)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"scene name {v!r} must be letters, digits, '.', '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> Scene:
+        names = [m.name for m in self.modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names repeat: {names}")
+        if not names:
+            raise ValueError("a scene needs at least one modality")
+        if self.grid.from_modality is not None and self.grid.from_modality not in names:
+            raise ValueError(f"grid.from_modality {self.grid.from_modality!r} is not one of the modalities {names}")
+        for cloud in self.availability.clouds:
+            for m in cloud.applies_to or []:
+                if m not in names:
+                    raise ValueError(f"availability.clouds applies_to {m!r}, not one of the modalities {names}")
+        for failure in self.availability.failures:
+            if failure.modality not in names:
+                raise ValueError(f"availability.failures modality {failure.modality!r} is not one of {names}")
+        return self
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
+    def files(self) -> list[Path]:
+        """Every file the scene refers to: modality sources, labels, cloud masks, failure footprints."""
+        files = [f for m in self.modalities for f in m.source.files]
+        if self.labels is not None:
+            for src in (self.labels.source, self.labels.train, self.labels.test):
+                if src is not None:
+                    files.extend(src.files)
+            if self.labels.vector is not None:
+                files.append(self.labels.vector)
+        files.extend(cloud.path for cloud in self.availability.clouds)
+        files.extend(f.footprint for f in self.availability.failures if f.footprint is not None)
+        return files
+
+    def modality(self, name: str) -> Modality:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+class Protocol(_Section):
+    """How missing modalities are simulated on training pixels.
+
+    ``eta``: the fraction of incomplete samples, spread evenly over the
+    2^M - 2 incomplete patterns. ``rates``: per-modality availability rates
+    instead. ``mmp``: each modality dropped with probability 0.5 per step, at
+    least one kept. ``none``: the availability the scene has.
+    """
+
+    kind: Literal["none", "eta", "rates", "mmp"] = "eta"
+    eta: float = Field(default=0.5, ge=0, le=1)
+    rates: dict[str, float] | None = None
+
+
+class Training(_Section):
+    samples_per_class: int | dict[str, int] | None = Field(
+        default=100, description="training pixels per class (one number, or per class name)"
+    )
+    validation_fraction: float = Field(default=0.2, ge=0, lt=1)
+    seed: int = 0
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
+    patience: int = Field(default=8, ge=1)
+    max_steps: int | None = None
+    protocol: Protocol = Field(default_factory=Protocol)
+
+
+class Model(_Section):
+    method: str = "mamol"
+    backbone: str = Field(default="tiny", description="preset: ViT-B-16, small, tiny, ...")
+    pretrained: Path | str | None = Field(default=None, description="CLIP weights file, or 'openai' to download")
+    checkpoint: Path | None = None
+    patch_size: int = Field(default=7, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="method hyper-parameters")
+    precision: Literal["float32", "bfloat16", "auto"] = "auto"
+
+    @field_validator("patch_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"patch_size must be odd so the pixel is the patch centre, got {v}")
+        return v
+
+
+class Output(_Section):
+    folder: Path = Path("outputs")
+    formats: list[Literal["cog", "png", "json", "stac"]] = Field(default_factory=lambda: ["cog", "png", "json", "stac"])
+    tile_size: int = Field(default=128, ge=8)
+    batch_pixels: int | Literal["auto"] = Field(
+        default="auto", description="pixels per forward pass; 'auto': 256 on CPU (stays in cache), 4096 on GPU")
+
+    @field_validator("batch_pixels", mode="before")
+    @classmethod
+    def _positive_batch(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("a positive integer or 'auto'")
+
+
+class Cluster(_Section):
+    scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler")
+    workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    gpu: Literal["auto", "required", "never"] = "auto"
+    memory_limit: str | None = None
+
+
+class Catalog(_Section):
+    name: str
+    description: str | None = None
+    scenes: list[Scene]
+    model: Model = Field(default_factory=Model)
+    training: Training = Field(default_factory=Training)
+    output: Output = Field(default_factory=Output)
+    cluster: Cluster = Field(default_factory=Cluster)
+    path: Path | None = Field(default=None, exclude=True, description="the catalog file, set by load_catalog")
+
+    @model_validator(mode="after")
+    def _unique_scenes(self) -> Catalog:
+        names = [s.name for s in self.scenes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scene names repeat: {names}")
+        if not names:
+            raise ValueError("a catalog needs at least one scene")
+        return self
+
+    def scene(self, name: str | None = None) -> Scene:
+        if name is None:
+            return self.scenes[0]
+        for s in self.scenes:
+            if s.name == name:
+                return s
+        raise CatalogError(self.path, "scenes", f"a scene named {name!r}", f"{[s.name for s in self.scenes]}")
+
+    def content_hash(self) -> str:
+        """A hash of the validated catalog (paths resolved), for idempotence and reports."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _resolve_paths(obj: Any, base: Path) -> None:
+    """Make every Path field absolute against ``base`` (the catalog's folder), in place."""
+    if isinstance(obj, BaseModel):
+        for name in type(obj).model_fields:
+            if name == "path" and isinstance(obj, Catalog):
+                continue
+            value = getattr(obj, name)
+            if isinstance(value, Path):
+                object.__setattr__(obj, name, (base / value).resolve() if not value.is_absolute() else value)
+            elif isinstance(value, list):
+                new = [(base / v).resolve() if isinstance(v, Path) and not v.is_absolute() else v for v in value]
+                object.__setattr__(obj, name, new)
+                for v in new:
+                    _resolve_paths(v, base)
+            else:
+                _resolve_paths(value, base)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _resolve_paths(v, base)
+
+
+def _format_location(loc: tuple[Any, ...], data: Any) -> str:
+    """Turn a pydantic error location into a dotted key, with scene/modality names instead of indexes."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int) and isinstance(node, list) and 0 <= item < len(node):
+            entry = node[item]
+            label = entry.get("name") if isinstance(entry, dict) else None
+            parts[-1] = f"{parts[-1]}[{label!r}]" if label and parts else f"{parts[-1] if parts else ''}[{item}]"
+            node = entry
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def parse_catalog(data: Any, path: Path | None = None) -> Catalog:
+    """Validate a catalog mapping; ``path`` (the file) names errors and anchors relative paths."""
+    if not isinstance(data, dict):
+        raise CatalogError(path, "(top level)", "a mapping with 'name' and 'scenes'", type(data).__name__)
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _format_location(tuple(err["loc"]), data) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            expected = "no such key (misspelt or unknown)"
+        elif err["type"] == "missing":
+            expected = "a required key that is absent"
+        else:
+            expected = err["msg"].removeprefix("Value error, ")  # our validators word what they expect
+        found = err.get("input")
+        found_text = "" if err["type"] in ("missing",) else repr(found)[:200]
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise CatalogError(path, key, expected + more, found_text) from None
+    base = path.parent.resolve() if path is not None else Path.cwd()
+    _resolve_paths(catalog, base)
+    catalog.path = path.resolve() if path is not None else None
+    return catalog
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and validate a YAML catalog file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(path, "(file)", "an existing YAML catalog file", "no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CatalogError(path, "(syntax)", "valid YAML", str(exc).replace("\n", " ")) from None
+    return parse_catalog(data, path)

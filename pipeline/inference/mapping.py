@@ -1,0 +1,107 @@
+"""Tiled mapping of a scene on a Dask cluster: one task per tile, resumable, GPU-aware.
+
+Tasks are submitted through the futures API with explicit ``resources``, so no
+graph optimisation can drop the GPU annotation (dask issues 7036, 7294, 9541).
+Each task reads its tile plus a halo from the scene store and writes its region
+of the map store; the model is loaded once per worker (see ``pipeline.inference.classify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from models import checkpoint_hash
+from pipeline.config.errors import ClusterError
+from pipeline.inference.classify import TileTask, process_tile
+from pipeline.inference.cluster import workers_with_resource
+from pipeline.inference.map_store import (
+    finalise_map_store,
+    prepare_map_store,
+    read_run_key,
+    run_key,
+)
+from pipeline.inference.tiling import tile_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MapResult:
+    store: Path
+    tiles_total: int
+    tiles_computed: int
+    seconds: float
+    devices: dict[str, int] = field(default_factory=dict)
+    precisions: dict[str, int] = field(default_factory=dict)  # tiles per precision the workers ran
+    workers: dict[str, int] = field(default_factory=dict)
+    gpu: bool = False
+    reused: bool = False
+    tile_reports: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: plan (tiling, map store), tiles, mosaic
+
+
+def map_scene(
+    client: Client,
+    scene_store: Path,
+    checkpoint: Path,
+    map_store: Path,
+    tile_size: int,
+    batch_pixels: int | str = "auto",
+    precision: str = "auto",
+    gpu: str = "auto",
+    torch_threads: int | None = None,
+    progress: bool = True,
+) -> MapResult:
+    """Classify every tile of ``scene_store`` into ``map_store`` (resuming a partial run)."""
+    started = time.perf_counter()
+    scene = xr.open_zarr(scene_store)
+    ckpt_hash = checkpoint_hash(checkpoint)
+    key = run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision)
+    tiles = tile_windows(scene.sizes["y"], scene.sizes["x"], tile_size)
+    if read_run_key(map_store) == key:
+        log.info("map %s is up to date; nothing to classify", map_store)
+        return MapResult(map_store, len(tiles), 0, time.perf_counter() - started, reused=True)
+
+    gpu_workers = workers_with_resource(client, "GPU") if gpu != "never" else []
+    if gpu == "required" and not gpu_workers:
+        raise ClusterError("cluster.gpu is 'required' but no worker advertises a GPU resource (start workers with `dask worker ... --resources GPU=1`)")
+    resources = {"GPU": 1} if gpu_workers else None
+
+    partial, done = prepare_map_store(map_store, scene, tile_size, key, {"checkpoint_hash": ckpt_hash})
+    planned = time.perf_counter()
+    todo = [(idx, w) for idx, w in tiles if not done[idx]]
+    if len(todo) < len(tiles):
+        log.info("resuming: %d of %d tiles already done", len(tiles) - len(todo), len(tiles))
+    tasks = [
+        TileTask(str(scene_store), str(partial), str(checkpoint), ckpt_hash, idx, w, batch_pixels, precision, torch_threads)
+        for idx, w in todo
+    ]
+    keys = [f"classify-tile-{key[:8]}-{t.tile_index[0]}-{t.tile_index[1]}" for t in tasks]
+    futures = [client.submit(process_tile, t, key=k, resources=resources, pure=False, retries=1) for t, k in zip(tasks, keys)]
+    result = MapResult(map_store, len(tiles), len(tasks), 0.0, gpu=bool(gpu_workers))
+    with tqdm(total=len(futures), desc="classify tiles", unit="tile", disable=not progress) as bar:
+        try:
+            for future in as_completed(futures):
+                report = future.result()
+                result.tile_reports.append(report)
+                result.devices[report["device"]] = result.devices.get(report["device"], 0) + 1
+                result.precisions[report["precision"]] = result.precisions.get(report["precision"], 0) + 1
+                addr = (report.get("worker") or {}).get("address", f"pid {report['pid']}")
+                result.workers[addr] = result.workers.get(addr, 0) + 1
+                bar.update(1)
+        finally:
+            for f in futures:
+                f.release()
+    classified = time.perf_counter()
+    finalise_map_store(map_store)
+    result.seconds = time.perf_counter() - started
+    result.timings = {"plan": planned - started, "tiles": classified - planned, "mosaic": started + result.seconds - classified}
+    return result

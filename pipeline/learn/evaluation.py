@@ -1,0 +1,268 @@
+"""The papers' protocols: ``python -m pipeline.evaluate CATALOG --methods a,b --protocol mamol-table1``.
+
+For each setting of a protocol (train and test availability), each method and
+each seed, a model is trained on the training pixels with the setting's
+simulated availability, selected on validation pixels from the training pool,
+and tested on held-out pixels with the setting's test availability. Results:
+OA, AA, Cohen's kappa, per-class accuracy and confusion matrices, mean and
+standard deviation over seeds, as Markdown, CSV and JSON, plus confusion PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import build_model
+from pipeline.config.catalog import Catalog, Protocol
+from pipeline.data.patches import gather_patches
+from pipeline.files import (
+    atomic_file,
+    write_text,
+)
+from pipeline.learn.metrics import classification_summary
+from pipeline.learn.protocols import (
+    MAMOL_TABLE1_ROWS,
+    mamol_table3_rows,
+    protocol_availability,
+)
+from pipeline.learn.training import (
+    fit,
+    predict,
+    prepare_training_data,
+    simulated_availability,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a protocol: availability for training and for testing."""
+
+    label: str
+    train: Protocol
+    test: Protocol
+
+
+@dataclass(frozen=True)
+class MethodVariant:
+    """A method and hyper-parameter overrides, e.g. ``mamol:use_dynamic=false`` for an ablation."""
+
+    label: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> MethodVariant:
+        method, _, rest = text.partition(":")
+        params: dict[str, Any] = {}
+        for item in filter(None, rest.split(";")):
+            key, _, value = item.partition("=")
+            params[key] = json.loads(value) if value not in ("",) else True
+        return cls(label=text, method=method, params=params)
+
+
+def _rates(rates: dict[str, float]) -> Protocol:
+    return Protocol(kind="rates", rates=rates)
+
+
+def protocol_settings(name: str, modalities: list[str]) -> list[Setting]:
+    """The rows of a named protocol for a dataset's modalities."""
+    if name == "mamol-table1":
+        if len(modalities) != 2:
+            raise ValueError(f"mamol-table1 is defined for two modalities, the scene has {modalities}")
+        return [Setting(r.row(modalities).label, _rates(r.rates(modalities)), _rates(r.rates(modalities))) for r in MAMOL_TABLE1_ROWS]
+    if name == "mamol-table3":
+        return [Setting(r.label, _rates(r.rates), _rates(r.rates)) for r in mamol_table3_rows(modalities)]
+    if name == "mamol-table5":
+        row = MAMOL_TABLE1_ROWS[5].row(modalities) if len(modalities) == 2 else mamol_table3_rows(modalities)[0]
+        return [Setting(row.label, _rates(row.rates), _rates(row.rates))]
+    if name == "lvpcnet-table1":
+        complete = Protocol(kind="none")
+        rows = [Setting("trained complete, tested complete", complete, complete)]
+        for _i, m in enumerate(modalities):
+            test = _rates({n: (0.0 if n == m else 1.0) for n in modalities})
+            rows.append(Setting(f"trained complete, tested without {m}", complete, test))
+        return rows
+    raise ValueError(f"unknown protocol {name!r}; expected mamol-table1, mamol-table3, mamol-table5 or lvpcnet-table1")
+
+
+def default_methods(protocol: str, catalog: Catalog) -> list[str]:
+    if protocol == "mamol-table5":
+        return ["mamol", "mamol:use_dynamic=false", "mamol:use_static=false", "mamol:use_modality_experts=false"]
+    return ["baseline", catalog.model.method] if catalog.model.method != "baseline" else ["baseline"]
+
+
+def stratified_subset(targets: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``limit`` samples, keeping class proportions (all when ``limit`` is None)."""
+    if limit is None or len(targets) <= limit:
+        return np.arange(len(targets))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for k in np.unique(targets):
+        idx = np.flatnonzero(targets == k)
+        n = max(1, int(round(limit * len(idx) / len(targets))))
+        keep.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def evaluate(
+    catalog: Catalog,
+    protocol: str,
+    methods: list[str],
+    seeds: list[int],
+    output: Path,
+    scene_name: str | None = None,
+    max_test_pixels: int | None = 5000,
+    progress: bool = True,
+    rows: list[int] | None = None,
+) -> dict[str, Any]:
+    """Run a protocol (or only its ``rows``, 0-based) and write its tables under ``output``; returns the results."""
+    scene = catalog.scene(scene_name)
+    assert scene.labels is not None
+    names = [c.name for c in scene.labels.classes]
+    variants = [MethodVariant.parse(m) for m in methods]
+    settings = protocol_settings(protocol, scene.modality_names)
+    if rows is not None:
+        bad = [r for r in rows if not 0 <= r < len(settings)]
+        if bad:
+            raise ValueError(f"rows {bad} are not rows of {protocol} (0..{len(settings) - 1})")
+        settings = [settings[r] for r in rows]
+    output.mkdir(parents=True, exist_ok=True)
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for seed in seeds:
+        data = prepare_training_data(catalog, scene, seed)
+        split = data.split
+        test_idx = stratified_subset(split.test_targets, max_test_pixels, seed)
+        test_p, test_real = gather_patches(
+            data.ds, data.modalities, split.test_rows[test_idx], split.test_cols[test_idx],
+            data.config.patch_size, data.stats, catalog.output.tile_size,
+        )
+        test_targets = split.test_targets[test_idx]
+        for s_i, setting in enumerate(settings):
+            train_avail = simulated_availability(setting.train, data.train_real, data.modalities, seed)
+            val_avail = simulated_availability(setting.train, data.val_real, data.modalities, seed + 1)
+            test_sim = protocol_availability(setting.test, len(test_targets), data.modalities, seed + 2)
+            test_avail = test_sim & test_real
+            testable = test_avail.any(axis=1)
+            for variant in variants:
+                config = data.config
+                config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
+                torch.manual_seed(seed)
+                model = build_model(config)
+                t0 = time.perf_counter()
+                history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
+                              split.val_targets, catalog.training, seed, progress)
+                probs = predict(model, {m: v[testable] for m, v in test_p.items()}, test_avail[testable])
+                summary = classification_summary(test_targets[testable], probs.argmax(1), len(names), names)
+                summary.update({"setting": setting.label, "setting_index": s_i, "method": variant.label, "seed": seed,
+                                "epochs": len(history), "seconds": time.perf_counter() - t0,
+                                "test_pixels_without_any_modality": int((~testable).sum())})
+                runs.append(summary)
+                log.info("%s | %s | seed %d: OA %.4f AA %.4f kappa %.4f", setting.label, variant.label, seed,
+                         summary["oa"], summary["aa"], summary["kappa"])
+    results = {
+        "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
+        "seeds": seeds, "settings": [s.label for s in settings], "classes": names, "max_test_pixels": max_test_pixels,
+        "seconds": time.perf_counter() - started, "runs": runs, "table": aggregate(runs, settings, variants),
+    }
+    write_tables(results, output)
+    return results
+
+
+def aggregate(runs: list[dict[str, Any]], settings: list[Setting], variants: list[MethodVariant]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, one entry per (setting, method)."""
+    table = []
+    for setting in settings:
+        for v in variants:
+            rows = [r for r in runs if r["setting"] == setting.label and r["method"] == v.label]
+            if not rows:
+                continue
+            entry: dict[str, Any] = {"setting": setting.label, "method": v.label, "seeds": len(rows)}
+            for metric in ("oa", "aa", "kappa"):
+                vals = np.array([r[metric] for r in rows if r[metric] is not None], dtype=float)
+                entry[f"{metric}_mean"] = float(vals.mean()) if vals.size else None
+                entry[f"{metric}_std"] = float(vals.std()) if vals.size else None
+            entry["confusion"] = np.sum([np.asarray(r["confusion"]) for r in rows], axis=0).tolist()
+            table.append(entry)
+    return table
+
+
+def _cell(entry: dict[str, Any], metric: str) -> str:
+    mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if entry["seeds"] > 1 else f"{100 * mean:.2f}"
+
+
+def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
+    """Markdown (the papers' layout: a row per setting, OA/AA/kappa per method), CSV, JSON and confusion PNGs."""
+    table = results["table"]
+    methods = results["methods"]
+    header = ["Setting"] + [f"{m} {metric}" for m in methods for metric in ("OA", "AA", "κ")]
+    lines = [f"# {results['protocol']} on {results['scene']} (seeds {results['seeds']}, values in %)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting in results["settings"]:
+        cells = [setting]
+        for m in methods:
+            entry = next((e for e in table if e["setting"] == setting and e["method"] == m), None)
+            cells += [_cell(entry, k) if entry else "n/a" for k in ("oa", "aa", "kappa")]
+        lines.append("| " + " | ".join(cells) + " |")
+    means = []
+    for m in methods:
+        oas = [e["oa_mean"] for e in table if e["method"] == m and e["oa_mean"] is not None]
+        means.append(f"{m}: mean OA over settings {100 * np.mean(oas):.2f}%" if oas else f"{m}: n/a")
+    lines += ["", "; ".join(means), ""]
+    paths = {"markdown": output / "table.md", "csv": output / "table.csv", "json": output / "results.json"}
+    write_text(paths["markdown"], "\n".join(lines))
+    with atomic_file(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["setting", "method", "seeds", "oa_mean", "oa_std", "aa_mean", "aa_std", "kappa_mean", "kappa_std"])
+        for e in table:
+            writer.writerow([e["setting"], e["method"], e["seeds"], e["oa_mean"], e["oa_std"], e["aa_mean"], e["aa_std"], e["kappa_mean"], e["kappa_std"]])
+    write_text(paths["json"], json.dumps(results, indent=1, default=float))
+    paths.update(write_confusion_pngs(results, output))
+    return paths
+
+
+def write_confusion_pngs(results: dict[str, Any], output: Path) -> dict[str, Path]:
+    from matplotlib.figure import (
+        Figure,  # no pyplot: never switches a notebook's backend
+    )
+
+    names = results["classes"]
+    out = {}
+    for m_i, method in enumerate(results["methods"]):
+        entries = [e for e in results["table"] if e["method"] == method]
+        if not entries:
+            continue
+        cols = min(3, len(entries))
+        rows = int(np.ceil(len(entries) / cols))
+        fig = Figure(figsize=(4.2 * cols, 4.0 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax, e in zip(axes.flat, entries):
+            cm = np.asarray(e["confusion"], dtype=float)
+            norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+            ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+            ax.set_title(e["setting"], fontsize=8)
+            ax.set_xticks(range(len(names)), [n[:10] for n in names], rotation=90, fontsize=6)
+            ax.set_yticks(range(len(names)), [n[:10] for n in names], fontsize=6)
+        for ax in list(axes.flat)[len(entries):]:
+            ax.axis("off")
+        fig.suptitle(f"{method}: confusion (rows true, row-normalised)")
+        fig.tight_layout()
+        safe = "".join(ch if ch.isalnum() else "_" for ch in method)
+        path = output / f"confusion_{m_i}_{safe}.png"
+        fig.savefig(path, dpi=90)
+        out[f"confusion_{method}"] = path
+    return out

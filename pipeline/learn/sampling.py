@@ -1,0 +1,133 @@
+"""Which labelled pixels train, validate and test a model.
+
+Training pixels are either the catalog's fixed training file (``labels.train``,
+as Trento's ``TrLabel.mat``) or N pixels per class drawn with a seed. The
+validation pixels come out of the training pool only, so model selection never
+sees a test pixel. Test pixels are every other labelled pixel (or ``labels.test``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline.config.catalog import Labels, Training
+from pipeline.config.errors import InputError
+from pipeline.files import (
+    atomic_file,
+)
+
+
+@dataclass
+class Split:
+    """Pixel positions (row, col) and class indices (0..K-1) of each part."""
+
+    train_rows: np.ndarray
+    train_cols: np.ndarray
+    train_targets: np.ndarray
+    val_rows: np.ndarray
+    val_cols: np.ndarray
+    val_targets: np.ndarray
+    test_rows: np.ndarray
+    test_cols: np.ndarray
+    test_targets: np.ndarray
+
+    def save(self, path: Path) -> Path:
+        with atomic_file(path) as tmp, open(tmp, "wb") as stream:
+            np.savez_compressed(stream, **self.__dict__)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Split:
+        with np.load(path) as data:
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+    def used_for_training(self, shape: tuple[int, int]) -> np.ndarray:
+        """A boolean (y, x) mask of the train and validation pixels."""
+        mask = np.zeros(shape, dtype=bool)
+        mask[self.train_rows, self.train_cols] = True
+        mask[self.val_rows, self.val_cols] = True
+        return mask
+
+
+def class_index_lookup(values: list[int]) -> np.ndarray:
+    """A 256-entry table: class value -> class index, -1 for unlabelled or unknown values."""
+    table = np.full(256, -1, dtype=np.int64)
+    for i, v in enumerate(values):
+        table[v] = i
+    return table
+
+
+def _per_class_counts(training: Training, names: list[str], catalog_path: Path | None) -> list[int | None]:
+    spc = training.samples_per_class
+    if spc is None:
+        return [None] * len(names)
+    if isinstance(spc, int):
+        return [spc] * len(names)
+    unknown = sorted(set(spc) - set(names))
+    if unknown:
+        raise InputError(catalog_path, "training.samples_per_class", f"class names among {names}", f"{unknown}")
+    return [spc.get(n) for n in names]
+
+
+def make_split(
+    scene: xr.Dataset,
+    labels_cfg: Labels,
+    training: Training,
+    seed: int,
+    catalog_path: Path | None = None,
+) -> Split:
+    """Draw the train/validation/test pixels of a scene store (labels read whole: uint8, one byte a pixel)."""
+    values = [c.value for c in labels_cfg.classes]
+    names = [c.name for c in labels_cfg.classes]
+    lookup = class_index_lookup(values)
+    rng = np.random.default_rng(seed)
+
+    if "train_labels" in scene:
+        pool = scene["train_labels"].values
+    elif "labels" in scene:
+        pool = scene["labels"].values
+    else:
+        raise InputError(catalog_path, "scenes[].labels", "a labels source to train from", "none in the scene store")
+    pool_idx = lookup[pool]
+    counts = _per_class_counts(training, names, catalog_path)
+
+    train_r, train_c, val_r, val_c = [], [], [], []
+    for k in range(len(values)):
+        rr, cc = np.nonzero(pool_idx == k)
+        if rr.size == 0:
+            continue
+        order = rng.permutation(rr.size)
+        n = counts[k] if counts[k] is not None and "train_labels" not in scene else rr.size
+        chosen = order[: min(n, rr.size)]
+        n_val = int(round(len(chosen) * training.validation_fraction))
+        if len(chosen) >= 2:
+            n_val = min(max(n_val, 1 if training.validation_fraction > 0 else 0), len(chosen) - 1)
+        else:
+            n_val = 0
+        val_r.append(rr[chosen[:n_val]])
+        val_c.append(cc[chosen[:n_val]])
+        train_r.append(rr[chosen[n_val:]])
+        train_c.append(cc[chosen[n_val:]])
+    if not train_r:
+        raise InputError(catalog_path, "scenes[].labels", f"labelled pixels of classes {values}", "none in the scene")
+
+    def cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    tr_r, tr_c, va_r, va_c = cat(train_r), cat(train_c), cat(val_r), cat(val_c)
+    used = np.zeros(pool.shape, dtype=bool)
+    used[tr_r, tr_c] = True
+    used[va_r, va_c] = True
+
+    test_source = scene["test_labels"].values if "test_labels" in scene else scene["labels"].values
+    test_idx = lookup[test_source]
+    te_r, te_c = np.nonzero((test_idx >= 0) & ~used)
+    return Split(
+        train_rows=tr_r, train_cols=tr_c, train_targets=lookup[pool[tr_r, tr_c]],
+        val_rows=va_r, val_cols=va_c, val_targets=lookup[pool[va_r, va_c]],
+        test_rows=te_r, test_cols=te_c, test_targets=test_idx[te_r, te_c],
+    )

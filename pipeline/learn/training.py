@@ -1,0 +1,316 @@
+"""Train a method on a catalog's labelled pixels: ``python -m pipeline.train CATALOG``.
+
+The trainer sees only the model interface (stages, trainable parameters,
+training availability, losses), so every registered method trains the same
+way. Model selection uses a validation split drawn from the training pool;
+test pixels are never looked at here.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from models import ModelConfig, build_model, save_checkpoint
+from models.base import MissingModalityClassifier
+from pipeline.config.catalog import Catalog, Protocol, Scene
+from pipeline.config.errors import InputError
+from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
+from pipeline.files import atomic_directory
+from pipeline.learn.protocols import protocol_availability, save_protocol_table
+from pipeline.learn.sampling import Split, make_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[dict[str, float]]
+    best_val_oa: float
+    seconds: float
+    split_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def default_checkpoint_dir(catalog: Catalog, scene: Scene, method: str) -> Path:
+    return Path(catalog.output.folder) / scene.name / "checkpoints" / method
+
+
+def parse_protocol(text: str) -> Protocol:
+    """'none', 'mmp', 'eta:0.5' or 'rates:hs=1.0,lidar=0.3' -> Protocol."""
+    kind, _, arg = text.partition(":")
+    if kind in ("none", "mmp") and not arg:
+        return Protocol(kind=kind)  # type: ignore[arg-type]
+    if kind == "eta":
+        return Protocol(kind="eta", eta=float(arg))
+    if kind == "rates":
+        rates = {k: float(v) for k, v in (item.split("=") for item in arg.split(","))}
+        return Protocol(kind="rates", rates=rates)
+    raise ValueError(f"protocol {text!r}: expected none, mmp, eta:<rate> or rates:<modality>=<rate>,...")
+
+
+def model_config_for(catalog: Catalog, scene: Scene, ds: xr.Dataset, method: str | None = None) -> ModelConfig:
+    """The model configuration a catalog asks for, with band counts read from the scene store."""
+    if scene.labels is None:
+        raise InputError(catalog.path, f"scenes[{scene.name!r}].labels", "labels with classes to train a model", "none")
+    classes = scene.labels.classes
+    return ModelConfig(
+        method=method or catalog.model.method,
+        modalities=scene.modality_names,
+        bands=[int(ds.sizes[f"band_{m}"]) for m in scene.modality_names],
+        num_classes=len(classes),
+        patch_size=catalog.model.patch_size,
+        backbone=catalog.model.backbone,
+        pretrained=str(catalog.model.pretrained) if catalog.model.pretrained is not None else None,
+        kinds=[m.kind for m in scene.modalities],
+        class_names=[c.name for c in classes],
+        class_descriptions=[dict(c.description or {}) for c in classes],
+        params=dict(catalog.model.params),
+    )
+
+
+def linear_warmup_decay(total_steps: int, warmup_fraction: float):
+    """LR multiplier: linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0."""
+    warmup = max(1, int(round(total_steps * warmup_fraction))) if warmup_fraction > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def simulated_availability(protocol: Protocol, real: np.ndarray, modalities: list[str], seed: int) -> np.ndarray:
+    """The protocol's availability for each sample, ANDed with what the scene really has.
+
+    A sample the protocol would leave with nothing keeps its real availability,
+    so no sample is fed to the model with every modality missing.
+    """
+    simulated = protocol_availability(protocol, real.shape[0], modalities, seed)
+    combined = simulated & real
+    empty = ~combined.any(axis=1)
+    combined[empty] = real[empty]
+    return combined
+
+
+@torch.no_grad()
+def predict(
+    model: MissingModalityClassifier,
+    patches: dict[str, np.ndarray],
+    available: np.ndarray,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Class probabilities (N, K) for in-memory patches."""
+    model.eval()
+    n = available.shape[0]
+    out = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        inputs = {m: torch.from_numpy(v[sl]).to(device) for m, v in patches.items()}
+        avail = torch.from_numpy(available[sl]).to(device)
+        out.append(torch.softmax(model(inputs, avail).float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_classes), dtype=np.float32)
+
+
+def _write_history(history: list[dict[str, float]], folder: Path) -> None:
+    if not history:
+        return
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k not in ("stage", "epoch"), k))
+    with open(folder / "training_log.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    (folder / "training_log.json").write_text(json.dumps(history, indent=1))
+    from matplotlib.figure import (
+        Figure,  # no pyplot: never switches a notebook's backend
+    )
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    epochs = np.arange(1, len(history) + 1)
+    ax.plot(epochs, [h["train_loss"] for h in history], label="training loss")
+    ax.set_xlabel("epoch (all stages)")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h["val_oa"] for h in history], color="tab:orange", label="validation OA")
+    ax2.set_ylabel("validation OA")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(folder / "loss_curve.png", dpi=100)
+
+
+def fit(
+    model: MissingModalityClassifier,
+    train_patches: dict[str, np.ndarray],
+    train_avail: np.ndarray,
+    train_targets: np.ndarray,
+    val_patches: dict[str, np.ndarray],
+    val_avail: np.ndarray,
+    val_targets: np.ndarray,
+    training: Any,
+    seed: int,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train every stage of ``model`` in place; keeps the best validation state of each stage."""
+    defaults = model.optimizer_defaults
+    lr = training.lr if training.lr is not None else defaults.lr
+    wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
+    batch_size = training.batch_size
+    generator = torch.Generator().manual_seed(seed)
+    n = train_avail.shape[0]
+    history: list[dict[str, float]] = []
+    targets_t = torch.from_numpy(train_targets.astype(np.int64))
+    tensors = {m: torch.from_numpy(v) for m, v in train_patches.items()}
+    avail_t = torch.from_numpy(train_avail)
+    for stage in model.stages():
+        params = model.configure_stage(stage)
+        if not params:
+            continue
+        steps_per_epoch = math.ceil(n / batch_size)
+        total = training.epochs * steps_per_epoch
+        if training.max_steps is not None:
+            total = min(total, training.max_steps)
+        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
+        best_oa, best_state, stale, step = -1.0, None, 0, 0
+        bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
+        for epoch in range(training.epochs):
+            model.train()
+            order = torch.randperm(n, generator=generator)
+            losses = []
+            for start in range(0, n, batch_size):
+                if step >= total:
+                    break
+                idx = order[start : start + batch_size]
+                inputs = {m: t[idx] for m, t in tensors.items()}
+                avail = model.training_availability(avail_t[idx], generator)
+                parts = model.training_loss(inputs, avail, targets_t[idx], stage)
+                optimiser.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                optimiser.step()
+                schedule.step()
+                step += 1
+                losses.append(float(parts["loss"].detach()))
+                bar.update(1)
+            probs = predict(model, val_patches, val_avail)
+            val_oa = float((probs.argmax(1) == val_targets).mean()) if len(val_targets) else float("nan")
+            history.append({"stage": stage, "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": schedule.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
+            if not len(val_targets) or val_oa > best_oa:
+                best_oa, best_state, stale = val_oa, copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+            if stale >= training.patience or step >= total:
+                break
+        bar.close()
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    return history
+
+
+@dataclass
+class TrainingData:
+    """A scene's training and validation patches, split and normalisation, ready for ``fit``."""
+
+    ds: xr.Dataset
+    config: ModelConfig
+    split: Split
+    stats: NormStats
+    modalities: list[str]
+    train_patches: dict[str, np.ndarray]
+    train_real: np.ndarray
+    val_patches: dict[str, np.ndarray]
+    val_real: np.ndarray
+
+
+def prepare_training_data(catalog: Catalog, scene: Scene, seed: int, method: str | None = None) -> TrainingData:
+    """Ingest (if needed), draw the split with ``seed``, compute normalisation, gather patches."""
+    from pipeline.data.ingest import ingest_scene
+
+    store = ingest_scene(catalog, scene)
+    ds = xr.open_zarr(store)
+    config = model_config_for(catalog, scene, ds, method)
+    assert scene.labels is not None
+    split = make_split(ds, scene.labels, catalog.training, seed, catalog.path)
+    modalities = scene.modality_names
+    stats = compute_norm_stats(ds, modalities, split.train_rows, split.train_cols)
+    tile = catalog.output.tile_size
+    train_p, train_real = gather_patches(ds, modalities, split.train_rows, split.train_cols, config.patch_size, stats, tile)
+    val_p, val_real = gather_patches(ds, modalities, split.val_rows, split.val_cols, config.patch_size, stats, tile)
+    # A labelled pixel where no modality is available (cloud over a LiDAR gap) can't teach anything.
+    keep_train, keep_val = train_real.any(axis=1), val_real.any(axis=1)
+    split.train_rows, split.train_cols, split.train_targets = (a[keep_train] for a in (split.train_rows, split.train_cols, split.train_targets))
+    split.val_rows, split.val_cols, split.val_targets = (a[keep_val] for a in (split.val_rows, split.val_cols, split.val_targets))
+    train_p = {m: v[keep_train] for m, v in train_p.items()}
+    val_p = {m: v[keep_val] for m, v in val_p.items()}
+    train_real, val_real = train_real[keep_train], val_real[keep_val]
+    if not len(split.train_targets):
+        raise InputError(catalog.path, f"scenes[{scene.name!r}].labels", "training pixels where some modality is available", "none")
+    return TrainingData(ds, config, split, stats, modalities, train_p, train_real, val_p, val_real)
+
+
+def train(
+    catalog: Catalog,
+    scene_name: str | None = None,
+    method: str | None = None,
+    seed: int | None = None,
+    protocol: Protocol | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+    extra_metadata: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train the catalog's (or ``method``'s) model on a scene and write its checkpoint."""
+    scene = catalog.scene(scene_name)
+    seed = catalog.training.seed if seed is None else seed
+    protocol = protocol or catalog.training.protocol
+    started = time.perf_counter()
+    data = prepare_training_data(catalog, scene, seed, method)
+    ds, config, split, stats, modalities = data.ds, data.config, data.split, data.stats, data.modalities
+    folder = checkpoint_dir or default_checkpoint_dir(catalog, scene, config.method)
+    train_p, val_p = data.train_patches, data.val_patches
+    train_avail = simulated_availability(protocol, data.train_real, modalities, seed)
+    val_avail = simulated_availability(protocol, data.val_real, modalities, seed + 1)
+
+    torch.manual_seed(seed)
+    model = build_model(config)
+    log.info("training %s on %d pixels (%d validation), %d classes", config.method, len(split.train_rows), len(split.val_rows), config.num_classes)
+    history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress)
+
+    metadata = {
+        "normalisation": stats.to_dict(),
+        "classes": [c.model_dump(mode="json") for c in scene.labels.classes],
+        "scene": scene.name,
+        "catalog": str(catalog.path) if catalog.path else None,
+        "catalog_hash": catalog.content_hash(),
+        "scene_hash": ds.attrs.get("content_hash"),
+        "seed": seed,
+        "protocol": protocol.model_dump(),
+        "train_pixels": int(len(split.train_rows)),
+        "val_pixels": int(len(split.val_rows)),
+        "best_val_oa": max((h["val_oa"] for h in history), default=float("nan")),
+        "split_file": "split.npz",
+        **(extra_metadata or {}),
+    }
+    # The checkpoint folder, with the run's records, appears complete or not at all.
+    with atomic_directory(folder) as staging:
+        save_checkpoint(model, staging, metadata)
+        split.save(staging / "split.npz")
+        save_protocol_table(staging / "protocol_train.csv", train_avail, modalities, {"seed": seed, "protocol": protocol.model_dump()})
+        _write_history(history, staging)
+    seconds = time.perf_counter() - started
+    return TrainResult(folder, history, metadata["best_val_oa"], seconds, folder / "split.npz")

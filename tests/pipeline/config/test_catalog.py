@@ -1,0 +1,116 @@
+"""Catalog validation: the shipped catalogs, misspelt keys, relative paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config.catalog import load_catalog
+from pipeline.config.errors import CatalogError
+
+CATALOGS = Path(__file__).resolve().parents[3] / "catalogs"
+DATA = CATALOGS.parent / "data"
+
+
+@pytest.mark.parametrize(
+    ("name", "modalities", "classes", "first_class"),
+    [
+        ("demo.yaml", ["hs", "lidar"], 6, "Apple trees"),
+        ("trento.yaml", ["hs", "lidar"], 6, "Apple trees"),
+        ("trento-hsi-layout.yaml", ["hs", "lidar"], 6, "Apple trees"),
+        ("houston2013.yaml", ["hs", "lidar"], 15, "Healthy grass"),
+        ("augsburg.yaml", ["hs", "sar", "dsm"], 7, "Forest"),
+    ],
+)
+def test_shipped_catalogs_validate(name: str, modalities: list[str], classes: int, first_class: str) -> None:
+    catalog = load_catalog(CATALOGS / name)
+    scene = catalog.scenes[0]
+    assert scene.modality_names == modalities
+    assert scene.labels is not None and len(scene.labels.classes) == classes
+    assert scene.labels.classes[0].name == first_class
+    for modality in scene.modalities:
+        assert all(path.is_absolute() for path in modality.source.files)
+    assert catalog.output.folder.is_absolute()
+
+
+def test_benchmark_band_centres() -> None:
+    trento = load_catalog(CATALOGS / "trento.yaml").scenes[0].modality("hs")
+    assert len(trento.wavelengths) == 63 and trento.wavelengths[0] == 402 and trento.wavelengths[-1] == 989
+    houston = load_catalog(CATALOGS / "houston2013.yaml").scenes[0].modality("hs")
+    assert len(houston.wavelengths) == 144 and houston.wavelengths[0] == 380 and houston.wavelengths[-1] == 1050
+    assert np.all(np.diff(houston.wavelengths) > 0)
+
+
+def test_trento_layouts() -> None:
+    mirror = load_catalog(CATALOGS / "trento.yaml").scenes[0]
+    assert mirror.modality("hs").source.path == DATA.resolve() / "trento" / "Italy_hsi.mat"
+    assert mirror.labels.source.key == "mask_test"
+    assert mirror.modality("hs").georeference.crs == "EPSG:32632"
+    assert mirror.modality("hs").georeference.resolution == 1.0
+    other = load_catalog(CATALOGS / "trento-hsi-layout.yaml").scenes[0]
+    assert other.modality("lidar").source.key == "Lidar_Trento"
+    assert other.labels.train.key == "TrLabel" and other.labels.test.key == "TeLabel"
+
+
+def test_demo_paths_point_at_the_ignored_data_folder() -> None:
+    scene = load_catalog(CATALOGS / "demo.yaml").scenes[0]
+    assert scene.generate == "demo"
+    assert scene.modality("hs").source.path == DATA.resolve() / "demo" / "hs.tif"
+    assert scene.availability.clouds[0].path.name == "clouds.geojson"
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "cat.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def minimal() -> dict:
+    return {
+        "name": "t",
+        "scenes": [{
+            "name": "s",
+            "modalities": [{"name": "hs", "kind": "hs", "source": {"path": "sub/hs.tif"}}],
+            "grid": {"from_modality": "hs"},
+        }],
+    }
+
+
+def test_relative_paths_resolve_against_the_catalog_folder(tmp_path: Path) -> None:
+    catalog = load_catalog(write(tmp_path, minimal()))
+    assert catalog.scenes[0].modality("hs").source.path == (tmp_path / "sub" / "hs.tif").resolve()
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: d["scenes"][0]["modalities"][0].update(nodat=0), "scenes['s'].modalities['hs'].nodat"),
+        (lambda d: d["scenes"][0]["modalities"][0]["source"].update(formt="mat"), "scenes['s'].modalities['hs'].source.formt"),
+        (lambda d: d["scenes"][0].update(generate="tomorrow"), "scenes['s'].generate"),
+        (lambda d: d.update(outptu={"folder": "x"}), "outptu"),
+        (lambda d: d.update(output={"batch_pixels": 0}), "output.batch_pixels"),
+        (lambda d: d.update(output={"batch_pixels": "big"}), "output.batch_pixels"),
+    ],
+)
+def test_a_wrong_key_names_file_and_key(tmp_path: Path, edit, key: str) -> None:
+    data = minimal()
+    edit(data)
+    with pytest.raises(CatalogError) as err:
+        load_catalog(write(tmp_path, data))
+    assert str(err.value).startswith(str(tmp_path / "cat.yaml"))
+    assert f": {key}: expected" in str(err.value)
+
+
+def test_batch_pixels_auto_is_decided_per_device(tmp_path: Path) -> None:
+    import torch
+
+    from pipeline.inference.classify import resolved_batch_pixels
+
+    assert load_catalog(write(tmp_path, minimal())).output.batch_pixels == "auto"
+    assert load_catalog(write(tmp_path, {**minimal(), "output": {"batch_pixels": 512}})).output.batch_pixels == 512
+    assert resolved_batch_pixels("auto", torch.device("cpu")) == 256
+    assert resolved_batch_pixels("auto", torch.device("cuda")) == 4096
+    assert resolved_batch_pixels(512, torch.device("cuda")) == 512

@@ -1,0 +1,202 @@
+"""Tiled mapping on real Dask clusters: invariance, GPU-resourced tasks, cluster errors, COG output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import xarray as xr
+
+from pipeline.config.catalog import Catalog, parse_catalog
+from pipeline.config.errors import CheckpointError, ClusterError
+from pipeline.inference.classify import autocast_dtype, cpu_has_native_bf16
+from pipeline.run import main as run_main
+from pipeline.run import run
+
+pytestmark = pytest.mark.slow
+DASK = Path(sys.executable).parent / "dask"
+
+
+def _catalog(trained: tuple[Catalog, Path], output: Path, **model: object) -> Catalog:
+    catalog, checkpoint = trained
+    data = catalog.model_dump(mode="json")
+    data["model"].update({"checkpoint": str(checkpoint), **model})
+    data["output"]["folder"] = str(output)
+    return parse_catalog(data, catalog.path)
+
+
+def _class_map(output: Path) -> np.ndarray:
+    return xr.open_zarr(output / "demo" / "map.zarr", consolidated=False)["class"].values
+
+
+@pytest.fixture(scope="module")
+def reference(trained_demo: tuple[Catalog, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("reference")
+    runs = run(_catalog(trained_demo, out), workers=1, tile_size=32, progress=False)
+    return out, runs
+
+
+def test_run_writes_georeferenced_outputs(reference: tuple[Path, list]) -> None:
+    out, runs = reference
+    scene = xr.open_zarr(out / "demo" / "scene.zarr")
+    report = runs[0].report
+    with rasterio.open(out / "demo" / "landcover.tif") as src:
+        assert src.crs.to_string() == scene.attrs["crs"]
+        assert list(src.transform)[:6] == pytest.approx(scene.attrs["transform"])
+        assert (src.height, src.width) == (scene.sizes["y"], scene.sizes["x"])
+        assert src.nodata == 0
+        assert src.colormap(1)[1][:3] == (0xD6, 0x27, 0x28)
+        assert src.overviews(1) or max(src.height, src.width) <= 256
+        classes = src.read(1)
+    assert np.array_equal(classes, _class_map(out))
+    # Pixels with no modality available are nodata, every other pixel has a class.
+    pattern = xr.open_zarr(out / "demo" / "map.zarr", consolidated=False)["pattern"].values
+    assert np.array_equal(classes == 0, pattern == 0)
+    assert report["accuracy"]["n"] > 100 and 0 <= report["accuracy"]["oa"] <= 1
+    for name in ("quicklook.png", "report.json", "stac-item.json", "confidence.tif", "availability.tif"):
+        assert (out / "demo" / name).exists(), name
+    mapping = json.loads((out / "demo" / "report.json").read_text())["mapping"]
+    assert mapping["tiles"] == 10
+    # 'auto' is bf16 only where this CPU has bf16 units; every tile says what it ran.
+    expected = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert mapping["precision"] == {"catalog": "auto", "tiles": {expected: 10}}
+
+
+def test_precision_auto_follows_the_hardware(caplog: pytest.LogCaptureFixture) -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "float32") is None
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference.classify"):
+        assert autocast_dtype(cpu, "bfloat16") == torch.bfloat16  # an explicit choice is honoured
+    assert ("emulates" in caplog.text) == (not cpu_has_native_bf16())
+
+
+def test_same_map_whatever_the_tile_size_and_worker_count(trained_demo, reference, tmp_path: Path) -> None:
+    ref_out, _ = reference
+    expected = _class_map(ref_out)
+    for tile, workers in ((16, 2), (64, 1)):
+        out = tmp_path / f"t{tile}w{workers}"
+        run(_catalog(trained_demo, out), workers=workers, tile_size=tile, progress=False)
+        got = _class_map(out)
+        assert np.array_equal(got, expected), f"tile {tile}, {workers} workers: {(got != expected).sum()} pixels differ"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gpu_cluster(tmp_path: Path) -> Iterator[str]:
+    """A real `dask scheduler` and two `dask worker` processes on loopback; the second advertises GPU=1."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    time.sleep(2)
+    common = [str(DASK), "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
+    procs.append(subprocess.Popen([*common, "--name", "cpu-worker"], stdout=open(logs / "cpu.log", "w"), stderr=subprocess.STDOUT))
+    procs.append(subprocess.Popen([*common, "--name", "gpu-worker", "--resources", "GPU=1"], stdout=open(logs / "gpu.log", "w"), stderr=subprocess.STDOUT))
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_external_scheduler_runs_classification_on_the_gpu_worker(trained_demo, reference, gpu_cluster: str, tmp_path: Path) -> None:
+    from distributed import Client
+
+    out = tmp_path / "ext"
+    runs = run(_catalog(trained_demo, out), scheduler=gpu_cluster, tile_size=32, progress=False)
+    with Client(gpu_cluster) as client:
+        workers = client.scheduler_info()["workers"]
+    gpu_address = next(a for a, w in workers.items() if w.get("resources", {}).get("GPU"))
+    mapping = runs[0].report["mapping"]
+    assert mapping["tiles_computed"] == 10
+    assert mapping["workers"] == {gpu_address: 10}, "every classification task must land on the GPU-resourced worker"
+    assert np.array_equal(_class_map(out), _class_map(reference[0]))
+
+
+def test_required_gpu_without_gpu_workers_fails_cleanly(trained_demo, tmp_path: Path) -> None:
+    catalog = _catalog(trained_demo, tmp_path / "out")
+    catalog.cluster.gpu = "required"
+    with pytest.raises(ClusterError, match="GPU"):
+        run(catalog, workers=1, progress=False)
+    assert not (tmp_path / "out" / "demo" / "map.zarr").exists()
+    assert not (tmp_path / "out" / "demo" / "landcover.tif").exists()
+
+
+def test_unreachable_scheduler_is_a_clear_error(trained_demo, tmp_path: Path, capsys) -> None:
+    catalog = _catalog(trained_demo, tmp_path / "out")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(ClusterError, match="does not answer"):
+        run(catalog, scheduler=address, progress=False)
+    path = tmp_path / "catalog.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(catalog.model_dump(mode="json")))
+    assert run_main([str(path), "--scheduler", address, "--quiet"]) == 1
+    assert "does not answer" in capsys.readouterr().err
+
+
+def test_checkpoint_with_other_bands_is_refused(trained_demo, tmp_path: Path) -> None:
+    catalog, checkpoint = trained_demo
+    data = catalog.model_dump(mode="json")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["model"]["bands"] = [60, 2]
+    bad = tmp_path / "bad-ckpt"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+    data["model"]["checkpoint"] = str(bad)
+    data["output"]["folder"] = str(tmp_path / "out")
+    with pytest.raises(CheckpointError, match="band"):
+        run(parse_catalog(data, catalog.path), workers=1, progress=False)
+    assert not (tmp_path / "out" / "demo" / "landcover.tif").exists()
+
+
+def test_a_modality_missing_everywhere_is_mapped_from_the_others(trained_demo, tmp_path: Path) -> None:
+    catalog, checkpoint = trained_demo
+    data = catalog.model_dump(mode="json")
+    data["scenes"][0]["availability"]["failures"] = [{"modality": "lidar", "reason": "sensor failed"}]
+    data["model"]["checkpoint"] = str(checkpoint)
+    data["output"]["folder"] = str(tmp_path / "out")
+    runs = run(parse_catalog(data, catalog.path), workers=1, progress=False)
+    report = runs[0].report
+    assert any("lidar" in note and "unavailable everywhere" in note for note in json.dumps(report).split('"'))
+    pattern = xr.open_zarr(tmp_path / "out" / "demo" / "map.zarr", consolidated=False)["pattern"].values
+    assert set(np.unique(pattern)) <= {0, 1}
+    assert (_class_map(tmp_path / "out") > 0).sum() == (pattern == 1).sum() > 0
+
+
+def test_output_folder_that_cannot_be_created(trained_demo, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    catalog = _catalog(trained_demo, blocker / "out")
+    from pipeline.config.errors import InputError
+
+    with pytest.raises(InputError, match="output.folder"):
+        run(catalog, workers=1, progress=False)

@@ -1,0 +1,66 @@
+"""Training through the model interface: deterministic, logged, checkpointed with what mapping needs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from models import load_checkpoint
+from pipeline.config.catalog import Catalog
+from pipeline.learn.protocols import load_protocol_table
+from pipeline.learn.training import linear_warmup_decay, parse_protocol, train
+from pipeline.train import main
+
+
+def test_training_writes_a_complete_checkpoint(trained_demo: tuple[Catalog, object]) -> None:
+    catalog, checkpoint = trained_demo
+    model, metadata = load_checkpoint(checkpoint)
+    assert model.config.method == "mamol"
+    assert set(metadata["normalisation"]) == {"hs", "lidar"}
+    assert len(metadata["normalisation"]["hs"]["mean"]) == 63
+    assert [c["value"] for c in metadata["classes"]] == [1, 2, 3, 4, 5, 6]
+    for name in ("split.npz", "training_log.csv", "training_log.json", "loss_curve.png", "protocol_train.csv"):
+        assert (checkpoint / name).exists(), name
+    history = json.loads((checkpoint / "training_log.json").read_text())
+    assert history and all(np.isfinite(h["train_loss"]) for h in history)
+    table = load_protocol_table(checkpoint / "protocol_train.csv")
+    assert table.table.shape[1] == 2 and table.table.any(axis=1).all()
+    # eta 0.5 protocol on top of real gaps: some training samples lack a modality.
+    assert (~table.table).any()
+
+
+def test_same_seed_same_weights(demo_catalog: Catalog, tmp_path) -> None:
+    a = train(demo_catalog, checkpoint_dir=tmp_path / "a", progress=False)
+    b = train(demo_catalog, checkpoint_dir=tmp_path / "b", progress=False)
+    wa = load_file(str(a.checkpoint / "model.safetensors"))
+    wb = load_file(str(b.checkpoint / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    c = train(demo_catalog, seed=1, checkpoint_dir=tmp_path / "c", progress=False)
+    wc = load_file(str(c.checkpoint / "model.safetensors"))
+    assert not all(np.array_equal(wa[k], wc[k]) for k in wa)
+
+
+def test_warmup_then_linear_decay() -> None:
+    f = linear_warmup_decay(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == 0.0
+
+
+def test_protocol_strings() -> None:
+    assert parse_protocol("eta:0.7").eta == 0.7
+    assert parse_protocol("rates:hs=1,lidar=0.3").rates == {"hs": 1.0, "lidar": 0.3}
+    assert parse_protocol("mmp").kind == "mmp"
+    with pytest.raises(ValueError, match="expected none"):
+        parse_protocol("sometimes")
+
+
+def test_command_line_reports_a_bad_catalog(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nscenes: []\nmodle: {}\n")
+    assert main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "modle" in err
