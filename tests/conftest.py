@@ -47,6 +47,12 @@ def small_demo_catalog(files: dict[str, Path], output: Path, **sections: Any) ->
 
 
 @pytest.fixture
+def small_demo_catalog_factory(small_demo_files: dict[str, Path]) -> Callable[..., Catalog]:
+    """``factory(output, **sections)``: :func:`small_demo_catalog` on the session's small scene."""
+    return lambda output, **sections: small_demo_catalog(small_demo_files, output, **sections)
+
+
+@pytest.fixture
 def demo_catalog(small_demo_files: dict[str, Path], tmp_path: Path) -> Catalog:
     """A fresh catalog on the small scene, writing into this test's tmp_path."""
     return small_demo_catalog(small_demo_files, tmp_path / "out")

@@ -32,8 +32,10 @@ def test_naive_reference_predicts_what_the_engine_predicts(trained_demo) -> None
         assert "naive_bfloat16" not in rows and rows["engine_precision"] == "float32"
     else:
         assert rows["naive_bfloat16"]["agreement_with_engine"] > 0.9
-    for key in ("ratio_float32", "ratio_engine_vs_naive_fp32", "ceiling_model_vs_naive_fp32"):
-        assert rows[key] > 0
+    naive = rows["naive_float32"]["px_per_s"]
+    assert rows["ratio_float32"] == pytest.approx(rows["engine_float32"]["px_per_s"] / naive, abs=0.01)
+    assert rows["ratio_engine_vs_naive_fp32"] == pytest.approx(rows[f"engine_{rows['engine_precision']}"]["px_per_s"] / naive, abs=0.01)
+    assert rows["ceiling_model_vs_naive_fp32"] == pytest.approx(rows[f"model_only_{rows['engine_precision']}"]["px_per_s"] / naive, abs=0.01)
 
 
 CHILD = """
