@@ -128,10 +128,12 @@ def _read_cloud_raster(cloud: CloudMask, like: xr.DataArray, key: str) -> np.nda
     if not path.exists():
         raise InputError(path, key, "an existing cloud raster", "no such file")
     try:
-        raster = rioxarray.open_rasterio(path, masked=True)
+        opened = rioxarray.open_rasterio(path, masked=True)
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise InputError(path, key, "a raster rasterio can read", str(exc)) from exc
-    with raster:
+    if not isinstance(opened, xr.DataArray):
+        raise InputError(path, key, "a single raster (not a multi-subdataset file)", type(opened).__name__)
+    with opened as raster:
         if raster.sizes.get("band", 1) != 1:
             raise InputError(path, key, "a single-band cloud raster", f"{raster.sizes['band']} bands")
         raster = raster.squeeze("band", drop=True).astype(np.float32).load()
@@ -139,7 +141,7 @@ def _read_cloud_raster(cloud: CloudMask, like: xr.DataArray, key: str) -> np.nda
         if cloud.crs is None:
             raise InputError(path, key, "a cloud raster with a CRS (or a 'crs' for it in the catalog)", "no CRS")
         raster = raster.rio.write_crs(cloud.crs)
-    values = raster.values
+    values = np.asarray(raster.values)
     finite = values[np.isfinite(values)]
     is_mask = bool(np.all((finite == 0) | (finite == 1)))
     raster = raster.rio.write_nodata(np.nan, encoded=False)
@@ -231,11 +233,11 @@ def failure_mask(
 
 def valid_data(cube: xr.DataArray, nodata: float | None) -> xr.DataArray:
     """Pixels where every band holds a value: finite, and not ``nodata``. Lazy on dask."""
-    valid = np.isfinite(cube)
+    valid: xr.DataArray = xr.apply_ufunc(np.isfinite, cube, dask="allowed")
     if nodata is not None and np.isfinite(nodata):
         valid = valid & (cube != nodata)
     if cube.ndim == 3:
-        valid = valid.all(dim=cube.dims[0])
+        valid = valid.all(dim=str(cube.dims[0]))
     return valid
 
 

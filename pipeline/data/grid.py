@@ -49,12 +49,14 @@ class SceneGrid:
     @property
     def x(self) -> np.ndarray:
         """Pixel-centre x coordinates."""
-        return (self.transform @ (np.arange(self.width) + 0.5, np.full(self.width, 0.5)))[0]
+        a, b, c = self.transform[:3]
+        return c + a * (np.arange(self.width) + 0.5) + b * 0.5  # along the first row of pixel centres
 
     @property
     def y(self) -> np.ndarray:
         """Pixel-centre y coordinates."""
-        return (self.transform @ (np.full(self.height, 0.5), np.arange(self.height) + 0.5))[1]
+        _, _, _, d, e, f = self.transform[:6]
+        return f + d * 0.5 + e * (np.arange(self.height) + 0.5)  # along the first column of pixel centres
 
     def on_grid(self, da: xr.DataArray) -> bool:
         """Whether ``da`` already lies exactly on this grid (no resampling needed)."""
@@ -129,6 +131,7 @@ def align(
             f"an extent overlapping the scene grid {tuple(round(v, 3) for v in grid.bounds)} in {grid.crs}",
             f"extent {tuple(round(v, 3) for v in bounds)}",
         )
+    fill: float
     if categorical:
         fill = 0
         resampling = Resampling.nearest

@@ -107,7 +107,7 @@ def unreadable_chunk(ds: xr.Dataset, variable: str, region: dict[str, slice]) ->
     dims = ds[variable].dims
     ranges = []
     for dim, size, chunk in zip(dims, array.shape, array.chunks):
-        sl = region.get(dim, slice(0, size))
+        sl = region.get(str(dim), slice(0, size))
         start, stop, _ = sl.indices(size)
         ranges.append(range(start // chunk, max(start, stop - 1) // chunk + 1))
     for coords in itertools.product(*ranges):

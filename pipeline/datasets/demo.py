@@ -30,6 +30,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 import yaml
 from affine import Affine
 from pyproj import Transformer
@@ -38,7 +39,6 @@ from rasterio.windows import Window
 from scipy.spatial import cKDTree
 from shapely import affinity
 from shapely.geometry import Polygon, box
-from shapely.ops import transform as shapely_transform
 from shapely.ops import unary_union
 
 from pipeline.config.catalog import Catalog, Scene
@@ -465,7 +465,7 @@ def lidar_gap_polygon(seed: int, height: int, width: int, fraction: float = 0.10
 
 def _write_lonlat(polygons: list[Polygon], path: Path, properties: dict[str, list]) -> None:
     to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
-    geometries = [shapely_transform(to_lonlat.transform, p) for p in polygons]
+    geometries = [shapely.transform(p, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1]))) for p in polygons]
     frame = gpd.GeoDataFrame(properties, geometry=geometries, crs="EPSG:4326")
     with atomic_file(path) as tmp:
         frame.to_file(tmp, driver="GeoJSON")

@@ -101,7 +101,8 @@ def make_split(
         if rr.size == 0:
             continue
         order = rng.permutation(rr.size)
-        n = counts[k] if counts[k] is not None and "train_labels" not in scene else rr.size
+        wanted = counts[k]
+        n = wanted if wanted is not None and "train_labels" not in scene else rr.size
         chosen = order[: min(n, rr.size)]
         n_val = int(round(len(chosen) * training.validation_fraction))
         if len(chosen) >= 2:

@@ -76,7 +76,7 @@ def map_georeference(map_ds: xr.Dataset) -> tuple[CRS, Affine]:
 def map_variable(map_ds: xr.Dataset, name: str, dtype: str | None) -> xr.DataArray:
     """The (y, x) variable ``name`` of a map store, checked for presence, dims and dtype."""
     if name not in map_ds.data_vars:
-        raise InputError(_source(map_ds), name, f"a (y, x) variable '{name}'", f"variables {sorted(map_ds.data_vars)}")
+        raise InputError(_source(map_ds), name, f"a (y, x) variable '{name}'", f"variables {sorted(map(str, map_ds.data_vars))}")
     variable = map_ds[name]
     if variable.dims != ("y", "x"):
         raise InputError(_source(map_ds), name, "dims ('y', 'x')", str(variable.dims))
@@ -109,9 +109,12 @@ def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
 
 def pattern_colors(num_modalities: int) -> dict[int, tuple[int, int, int, int]]:
     """A fixed colour per availability pattern code 1..2**M - 1; the complete pattern is always green."""
-    tab10 = list(matplotlib.colormaps["tab10"].colors)
+    def colours(name: str) -> list[tuple[float, ...]]:
+        return [tuple(c) for c in matplotlib.colormaps[name](range(matplotlib.colormaps[name].N))]
+
+    tab10 = colours("tab10")
     green = tab10.pop(2)
-    palette = tab10 + list(matplotlib.colormaps["Dark2"].colors) + list(matplotlib.colormaps["Set1"].colors)
+    palette = tab10 + colours("Dark2") + colours("Set1")
     complete = complete_pattern(num_modalities)
     rgb = {code: palette[(code - 1) % len(palette)] for code in range(1, complete)} | {complete: green}
     return {code: (round(r * 255), round(g * 255), round(b * 255), 255) for code, (r, g, b) in rgb.items()}

@@ -172,3 +172,21 @@ def test_vit_b16_trainable_parameters_are_few():
     assert model.expert_layers == list(range(6, 12))
     assert 85_000_000 < total < 90_000_000
     assert trainable < 0.02 * total
+
+
+def test_parameter_count_on_vit_b_16_with_the_backbone_frozen() -> None:
+    """MaMOL on the paper's backbone, HS (63 bands) + LiDAR (2), 6 classes, 7 x 7 patches, default params.
+
+    docs/methods.md explains these numbers and their difference from the paper's 3.6 M trainable parameters.
+    """
+    config = ModelConfig(method="mamol", modalities=["hs", "lidar"], bands=[63, 2], num_classes=6, patch_size=7,
+                         backbone="ViT-B-16", params={"freeze_backbone": True})
+    model = build_model(config)
+    trainable = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            trainable[name.split(".")[0]] = trainable.get(name.split(".")[0], 0) + p.numel()
+    assert sum(p.numel() for p in model.backbone.parameters()) == 85_057_536
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert trainable == {"mixtures": 686_220, "projection": 90_624, "head": 9_222, "pattern_embedding": 128}
+    assert sum(trainable.values()) == 786_194

@@ -32,9 +32,10 @@ def _header_and_raster(path: Path, where: str) -> tuple[Path, Path]:
         return header, raster
     if not path.is_file():
         raise SourceError(path, where, "an existing ENVI raster file", "no such file")
-    header = next((h for h in (path.with_suffix(".hdr"), Path(f"{path}.hdr")) if h.is_file()), None)
-    if header is None:
+    found = next((h for h in (path.with_suffix(".hdr"), Path(f"{path}.hdr")) if h.is_file()), None)
+    if found is None:
         raise SourceError(path, where, f"an ENVI header {path.with_suffix('.hdr').name} beside the raster", "none")
+    header = found
     return header, path
 
 

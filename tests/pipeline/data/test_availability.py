@@ -351,7 +351,9 @@ def test_availability_round_trips_through_a_zarr_store(tmp_path: Path) -> None:
     available = scene_availability({"hs": hs, "lidar": cube("lidar")}, scene)
 
     store = tmp_path / "scene.zarr"
-    xr.Dataset({"available": available}).to_zarr(store, mode="w", consolidated=False)
+    # as ingest stores it: modality names as variable-length strings (fixed-width ones have no Zarr v3 spec)
+    stored = available.assign_coords(modality=available["modality"].values.astype(object))
+    xr.Dataset({"available": stored}).to_zarr(store, mode="w", consolidated=False)
     back = xr.open_zarr(store, consolidated=False)["available"].load()
 
     assert back.dtype == bool and list(back["modality"].values) == ["hs", "lidar"]
