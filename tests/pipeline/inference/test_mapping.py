@@ -63,8 +63,11 @@ def test_run_writes_georeferenced_outputs(reference: tuple[Path, list]) -> None:
     pattern = xr.open_zarr(out / "demo" / "map.zarr", consolidated=False)["pattern"].values
     assert np.array_equal(classes == 0, pattern == 0)
     assert report["accuracy"]["n"] > 100 and 0 <= report["accuracy"]["oa"] <= 1
-    for name in ("quicklook.png", "report.json", "stac-item.json", "confidence.tif", "availability.tif"):
+    for name in ("quicklook.png", "map.html", "report.json", "stac-item.json", "confidence.tif", "availability.tif"):
         assert (out / "demo" / name).exists(), name
+    assert report["outputs"]["webmap"] == str(out / "demo" / "map.html")
+    stac = json.loads((out / "demo" / "stac-item.json").read_text())
+    assert stac["assets"]["webmap"]["href"] == "map.html" and stac["assets"]["webmap"]["type"] == "text/html"
     mapping = json.loads((out / "demo" / "report.json").read_text())["mapping"]
     assert mapping["tiles"] == 10
     # 'auto' is bf16 only where this CPU has bf16 units; every tile says what it ran.
