@@ -8,18 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.outputs.cog import write_class_cog, write_confidence_cog, write_pattern_cog
 from pipeline.webmap import main
 
 
 @pytest.fixture(scope="module")
-def exported(make_map_store, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(make_exported_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cli") / "baseline" / "scene"
     folder.mkdir(parents=True)
-    ds = make_map_store(folder, height=40, width=60).open()
-    write_class_cog(ds, folder / "landcover.tif")
-    write_confidence_cog(ds, folder / "confidence.tif")
-    write_pattern_cog(ds, folder / "availability.tif")
+    make_exported_run(folder, height=40, width=60)
     return folder
 
 

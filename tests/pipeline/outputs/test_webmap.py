@@ -14,11 +14,6 @@ import pytest
 from pyproj import Transformer
 
 from pipeline.config.errors import InputError
-from pipeline.outputs.cog import (
-    write_class_cog,
-    write_confidence_cog,
-    write_pattern_cog,
-)
 from pipeline.outputs.webmap import (
     ASSETS,
     BASEMAP,
@@ -33,14 +28,9 @@ from pipeline.outputs.webmap import (
 
 
 @pytest.fixture(scope="module")
-def exported(make_map_store, tmp_path_factory: pytest.TempPathFactory):
+def exported(make_exported_run, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("webmap")
-    store = make_map_store(folder, height=100, width=150)
-    ds = store.open()
-    write_class_cog(ds, folder / "landcover.tif")
-    write_confidence_cog(ds, folder / "confidence.tif")
-    write_pattern_cog(ds, folder / "availability.tif")
-    return folder, store
+    return folder, make_exported_run(folder, height=100, width=150)
 
 
 def to_lonlat(store, row: float, col: float) -> tuple[float, float]:

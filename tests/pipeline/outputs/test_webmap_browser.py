@@ -24,7 +24,6 @@ from PIL import Image
 from pyproj import Transformer
 from scipy import ndimage
 
-from pipeline.outputs.cog import write_class_cog, write_confidence_cog, write_pattern_cog
 from pipeline.outputs.webmap import write_web_map
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -58,6 +57,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read by the tests
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     driver.set_page_load_timeout(20)
     yield driver
@@ -65,21 +65,17 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def exported(make_map_store, tmp_path_factory: pytest.TempPathFactory):
+def exported(make_exported_run, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("webmap-browser") / "baseline" / "test-scene"  # the page's title: baseline/test-scene
     folder.mkdir(parents=True)
-    store = make_map_store(folder, height=100, width=150)
-    ds = store.open()
-    write_class_cog(ds, folder / "landcover.tif")
-    write_confidence_cog(ds, folder / "confidence.tif")
-    write_pattern_cog(ds, folder / "availability.tif")
-    return folder, store
+    return folder, make_exported_run(folder, height=100, width=150)
 
 
 def open_page(driver, path: Path) -> None:
-    """Load ``path`` from file:// and wait until every shown overlay image is drawn."""
+    """Load ``path`` from file:// and wait until every shown overlay image is drawn (the console log starts afresh)."""
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.get_log("browser")
     driver.get(path.resolve().as_uri())
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return !!window.mmlcWebmap && mmlcWebmap.ready()"))
 
@@ -125,6 +121,9 @@ def test_offline_map_draws_the_class_colours_where_the_classes_are(browser, expo
         assert names[f"class_{value}"] in legend
     note = browser.find_element("css selector", ".mmlc-note")  # the basemap failed (no network): the page says so
     assert note.is_displayed() and "basemap could not be loaded" in note.text
+    # no script error, and the only loads that failed (the network is off) are basemap tiles
+    problems = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert problems and all(m.startswith("https://tile.openstreetmap.org/") for m in problems), problems
     if os.environ.get("MMLC_WEBMAP_SCREENSHOT"):
         Image.fromarray(shot).save(os.environ["MMLC_WEBMAP_SCREENSHOT"], optimize=True)
 
