@@ -83,7 +83,7 @@ class Overlay:
     def data_uri(self) -> str:
         """The image as a ``data:image/png;base64,...`` URI (lossless)."""
         buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(self.rgba), "RGBA").save(buffer, format="PNG")
+        Image.fromarray(np.ascontiguousarray(self.rgba, dtype=np.uint8)).save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -318,5 +318,6 @@ def pixel_info(folder: Path, lat: float, lon: float) -> dict[str, object]:
             if key == "pattern":
                 info["pattern_name"] = src.tags(1).get(f"pattern_{int(value)}", "none")
     info["inside"] = True
-    info["class_name"] = names.get(int(info["class"]), "no data")  # type: ignore[arg-type]
+    value = info["class"]
+    info["class_name"] = names.get(value, "no data") if isinstance(value, int) else "no data"
     return info

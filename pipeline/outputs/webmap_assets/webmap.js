@@ -58,7 +58,7 @@
     box.appendChild(element("div", "mmlc-confidence",
       "confidence " + (info.confidence === null ? "n/a" : info.confidence.toFixed(3))));
     if (info.pattern !== null) box.appendChild(element("div", "mmlc-pattern", "available: " + info.pattern));
-    if (info.step > 1) box.appendChild(element("div", "mmlc-step", "(block of " + info.step + " px a side)"));
+    if (info.step > 1) box.appendChild(element("div", "mmlc-step", "(block of " + info.step.toFixed(1) + " px a side)"));
     return box;
   }
 
@@ -148,6 +148,7 @@
       hover.textContent = "";
       hover.appendChild(describe(state.lookup(e.latlng)));
     });
+    map.on("mouseout", function () { hover.textContent = "hover the map for class and confidence"; });
     map.on("click", function (e) {
       L.popup({className: "mmlc-popup"}).setLatLng(e.latlng).setContent(describe(state.lookup(e.latlng))).openOn(map);
     });
