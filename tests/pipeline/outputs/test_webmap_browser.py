@@ -80,9 +80,10 @@ def open_page(driver, path: Path) -> None:
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return !!window.mmlcWebmap && mmlcWebmap.ready()"))
 
 
-def lonlat(transform, row: float, col: float) -> tuple[float, float]:
+def lonlat(transform, row, col, crs: str = "EPSG:32632") -> tuple:
+    """Longitude and latitude of a (fractional) pixel position of a grid (scalars or arrays)."""
     x, y = transform * (col, row)
-    return Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True).transform(x, y)
+    return Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(x, y)
 
 
 def screen_point(driver, pane: int, lat: float, lon: float) -> tuple[float, float]:
@@ -157,16 +158,22 @@ def test_click_and_hover_read_the_class_and_confidence_of_the_pixel(browser, exp
         ActionChains(browser).send_keys("\ue00c").perform()  # Escape: close the popup before the next click
 
 
-def test_the_lookup_matches_the_cog_on_every_sampled_pixel(browser, exported) -> None:
+@pytest.mark.parametrize("crs", ["EPSG:32632", "EPSG:4326"])
+def test_the_lookup_matches_the_cog_on_every_sampled_pixel(browser, exported, make_exported_run, tmp_path: Path,
+                                                           crs: str) -> None:
     folder, _ = exported
+    if crs == "EPSG:4326":  # degrees: pixels 1e-4 degrees a side, taller than wide on the ground
+        folder = tmp_path
+        make_exported_run(folder, height=60, width=80, resolution=1e-4, crs=crs, origin=(11.0, 46.1))
     open_page(browser, write_web_map(folder))
     with rasterio.open(folder / "landcover.tif") as src:
         classes, transform = src.read(1), src.transform
+        assert src.crs == crs
     with rasterio.open(folder / "confidence.tif") as src:
         confidence = src.read(1)
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, classes.shape[0], 300), rng.integers(0, classes.shape[1], 300)
-    lons, lats = lonlat(transform, rows + 0.5, cols + 0.5)
+    lons, lats = lonlat(transform, rows + 0.5, cols + 0.5, crs)
     found = browser.execute_script(
         "return arguments[0].map((p) => mmlcWebmap.lookup(0, p[0], p[1]));", np.c_[lats, lons].tolist())
     assert [f["value"] for f in found] == classes[rows, cols].tolist()
