@@ -8,7 +8,8 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 CATALOG ?= catalogs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test ingest train evaluate benchmark clean
+# The browser tests need headless Chromium; the script installs it (Debian) where missing, else they skip.
+.PHONY: venv demo test test-browser ingest train evaluate benchmark clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,10 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/python -m pipeline.run $(CATALOG)
 
-test: venv
+test-browser:
+	-@sh tests/install_browser.sh
+
+test: venv test-browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ingest: venv

@@ -21,9 +21,9 @@ INTERACTIVE_MAPPING = [
 # Interactive land-cover mapping
 
 Runs a catalog (the generated demo scene by default) with two methods, then shows the result on an
-interactive web map (folium / Leaflet): the class map with its legend, confidence and availability
-as switchable layers, class regions that report class and mean confidence on hover (and on click),
-and the two methods side by side.
+interactive web map (Leaflet, shipped with the package: the page works offline): the class map with
+its legend, confidence and availability as switchable layers, the class and confidence of the pixel
+under the pointer (and in a popup on click), and the two methods side by side.
 
 Settings come from environment variables so the same notebook runs headless in the test suite:
 
@@ -51,7 +51,7 @@ print(f"catalog {CATALOG}, methods {METHODS}, outputs under {OUTPUT}")"""),
 
 `pipeline.run.run` ingests the scene, trains the method when the catalog names no checkpoint
 (a checkpoint in the catalog is used for the catalog's own method only), maps it on Dask and
-exports Cloud-Optimized GeoTIFFs, a quicklook, a JSON report and a STAC item."""),
+exports Cloud-Optimized GeoTIFFs, a quicklook, the web map `map.html`, a JSON report and a STAC item."""),
     new_code_cell("""\
 from pipeline.outputs.report import format_summary
 from pipeline.run import run
@@ -71,10 +71,13 @@ display(Image(filename=str(first.outputs["quicklook"])))"""),
     new_markdown_cell("""\
 ## The map on a web map
 
-Layers (top right): the land cover, the confidence (max softmax probability, viridis from 0 to 1),
-the availability pattern (which modalities each pixel was mapped from), and the class regions:
-hover a region for its class and mean confidence, click it for a popup. Clicking elsewhere shows
-the coordinates, which `pixel_info` below turns into class, confidence and pattern."""),
+The same page `pipeline.run` wrote as `map.html` beside the COGs (`python -m pipeline.webmap FOLDER`
+writes it again). Layers (top right): the land cover (its opacity slider is under the legend), the
+confidence (max softmax probability, viridis from 0 to 1) and the availability pattern (which
+modalities each pixel was mapped from). Hover the map for the class, confidence and pattern of the
+pixel under the pointer; click for a popup. The basemap is online only: offline, the layers lie on a
+plain background and the page says the basemap could not be loaded. `pixel_info` below reads the
+same values in Python."""),
     new_code_cell("""\
 from pipeline.outputs.webmap import interactive_map
 
@@ -96,7 +99,8 @@ info"""),
     new_markdown_cell("""\
 ## Two methods side by side
 
-Pan or zoom one pane and the other follows; each has its own layer switcher and hover regions."""),
+Pan or zoom one pane and the other follows; each has its own layer switcher and pixel readout.
+`python -m pipeline.webmap FOLDER --compare OTHER_FOLDER` writes the same page."""),
     new_code_cell("""\
 from pipeline.outputs.webmap import side_by_side
 

@@ -1,7 +1,7 @@
 """Catalog to land-cover map: ``python -m pipeline.run CATALOG``.
 
 ingest -> (train when the catalog names no checkpoint) -> tiled mapping on Dask
--> Cloud-Optimized GeoTIFFs, quicklook, JSON report and STAC item.
+-> Cloud-Optimized GeoTIFFs, quicklook, web map (map.html), JSON report and STAC item.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def run_scene(
         write_quicklook,
     )
     from pipeline.outputs.report import build_report, write_report, write_stac_item
+    from pipeline.outputs.webmap import WEB_MAP, write_web_map
 
     timings: dict[str, float] = {}
     out_dir = Path(export_dir) if export_dir is not None else Path(catalog.output.folder) / scene.name
@@ -200,6 +201,8 @@ def run_scene(
         outputs["availability"] = write_pattern_cog(map_ds, out_dir / "availability.tif")
     if "png" in formats:
         outputs["quicklook"] = write_quicklook(map_ds, out_dir / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(checkpoint)}")
+    if "html" in formats:  # drawn from the COGs (the catalog refuses 'html' without 'cog')
+        outputs["webmap"] = write_web_map(out_dir, out_dir / WEB_MAP)
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
     accuracy = held_out_accuracy(ds, final_map, checkpoint, metadata)
@@ -223,7 +226,7 @@ def run_scene(
     if "json" in formats:
         outputs["report"] = write_report(report, out_dir / "report.json")
     if "stac" in formats:
-        assets = {k: outputs[k] for k in ("landcover", "confidence", "availability", "quicklook", "report") if k in outputs}
+        assets = {k: outputs[k] for k in ("landcover", "confidence", "availability", "quicklook", "webmap", "report") if k in outputs}
         outputs["stac"] = write_stac_item(report, map_ds, out_dir / "stac-item.json", assets)
     return SceneRun(scene.name, outputs, report, timings)
 

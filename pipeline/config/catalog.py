@@ -298,7 +298,8 @@ class Model(_Section):
 
 class Output(_Section):
     folder: Path = Path("outputs")
-    formats: list[Literal["cog", "png", "json", "stac"]] = Field(default_factory=lambda: ["cog", "png", "json", "stac"])
+    formats: list[Literal["cog", "png", "json", "stac", "html"]] = Field(
+        default_factory=lambda: ["cog", "png", "json", "stac", "html"])
     tile_size: int = Field(default=128, ge=8)
     batch_pixels: int | Literal["auto"] = Field(
         default="auto", description="pixels per forward pass; 'auto': 256 on CPU (stays in cache), 4096 on GPU")
@@ -309,6 +310,13 @@ class Output(_Section):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
         raise ValueError("a positive integer or 'auto'")
+
+    @field_validator("formats")
+    @classmethod
+    def _html_needs_cog(cls, value: list[str]) -> list[str]:
+        if "html" in value and "cog" not in value:
+            raise ValueError("'html' (the web map) is drawn from the COGs: list 'cog' too")
+        return value
 
 
 class Cluster(_Section):

@@ -50,6 +50,7 @@ ASSET_KINDS = {  # suffix -> (media type, roles)
     ".tif": (COG_MEDIA_TYPE, ["data"]),
     ".tiff": (COG_MEDIA_TYPE, ["data"]),
     ".png": ("image/png", ["overview"]),
+    ".html": ("text/html", ["visual"]),  # the interactive web map (map.html)
     ".json": ("application/json", ["metadata"]),
     ".qml": ("text/xml", ["metadata"]),
 }

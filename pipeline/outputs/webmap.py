@@ -1,48 +1,76 @@
-"""Interactive web maps (folium / Leaflet) of the exported COGs, for notebooks and HTML reports.
+"""Self-contained interactive web maps (Leaflet) of the exported COGs: ``map.html``, notebooks.
 
-* ``interactive_map(folder)``: the class map with its colour table and a legend, confidence and
-  availability as switchable layers, and class regions that report class and mean confidence on
-  hover (and on click);
-* ``side_by_side(left, right)``: two runs (e.g. two methods) in synchronised panes;
-* ``pixel_info(folder, lat, lon)``: class, confidence and availability pattern at a point.
+* :func:`interactive_map` (one run) and :func:`side_by_side` (two runs in synchronised panes) build a
+  :class:`WebMap`: the class map with its colour table and a legend, confidence and availability as
+  switchable layers, and the class, confidence and availability pattern of the pixel under the
+  pointer (hover) or at a click (popup);
+* :func:`write_web_map` writes one as ``map.html`` (atomically); :func:`pixel_info` reads the same
+  values at a point in Python.
 
-Rasters are read from the COGs a run writes (``landcover.tif``, ``confidence.tif``,
-``availability.tif``), decimated to at most ``max_side`` pixels a side through the COG overviews
-and warped to Web Mercator, the projection Leaflet draws in, so large maps stay light.
+Why a page of our own instead of folium: folium's template loads Leaflet, jQuery, Bootstrap and
+the marker plugins from four CDNs, so offline (agency and field machines) the page draws nothing.
+Swapping its link lists still leaves plugins (DualMap's Leaflet.Sync, the GeoJSON tooltips) and
+their CDN links to chase. The page here needs Leaflet only: ``webmap_assets/leaflet/`` is the npm
+registry's ``leaflet`` at a pinned version (with its licence), inlined into the page with our own
+``webmap.js``/``webmap.css``, so ``map.html`` is one file that draws its overlays with no network.
+Only the basemap tiles are online; without them the overlays lie on a plain background and the
+page says the basemap could not be loaded.
+
+Overlays are the COGs warped to Web Mercator (the projection Leaflet draws in), at most
+``max_side`` pixels a side, read through the COG overviews so large maps stay light. The hover and
+click values come from the COGs on their own grid (at most ``LOOKUP_MAX_SIDE`` pixels a side: per
+pixel up to that size, else per block through the overviews: MODE classes, AVERAGE confidence),
+located with a mesh of control points from Web Mercator to grid pixels (bilinear between points,
+as GDAL's approximate transformer), so a click reads the pixel the COG has there, whatever the CRS.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import folium
-import geopandas as gpd
 import matplotlib
 import numpy as np
 import rasterio
-import rasterio.features
 from affine import Affine
-from branca.element import MacroElement, Template
-from folium.plugins import DualMap
+from PIL import Image
+from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_points
 from rasterio.warp import transform_bounds
-from scipy import ndimage
-from shapely.geometry import shape
 
 from pipeline.config.errors import InputError
+from pipeline.files import write_text
 
 LANDCOVER = "landcover.tif"
 CONFIDENCE = "confidence.tif"
 AVAILABILITY = "availability.tif"
+WEB_MAP = "map.html"
 WEB_MERCATOR = CRS.from_epsg(3857)
 MAX_SIDE = 1024  # overlay images are at most this many pixels a side
-REGION_MAX_SIDE = 256  # class regions (hover polygons) are traced on a grid at most this size
+LOOKUP_MAX_SIDE = 512  # hover/click values: per pixel up to this size a side, per block beyond
+MESH_POINTS = 17  # control points a side of the Web Mercator -> grid pixel mesh
+CONFIDENCE_SCALE = 65534  # confidence c is stored as round(c * scale) + 1 in uint16; 0 is nodata
+ASSETS = Path(__file__).with_name("webmap_assets")
+LEAFLET = ASSETS / "leaflet"
+BASEMAP = {
+    "name": "OpenStreetMap (online)",
+    "url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+    "attribution": '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors',
+    "max_native_zoom": 19,
+}
+LAYER_NAMES = {"classes": "land cover", "confidence": "confidence (0 to 1, viridis)",
+               "availability": "availability pattern"}
 
 
 @dataclass
@@ -52,6 +80,27 @@ class Overlay:
     rgba: np.ndarray
     bounds: list[list[float]]
 
+    def data_uri(self) -> str:
+        """The image as a ``data:image/png;base64,...`` URI (lossless)."""
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(self.rgba, dtype=np.uint8)).save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@dataclass
+class WebMap:
+    """A complete HTML page; ``save`` writes it, notebooks display it (``_repr_html_``) in an iframe."""
+
+    html: str
+
+    def save(self, path: str | Path) -> Path:
+        """Write the page to ``path`` atomically."""
+        return write_text(Path(path), self.html)
+
+    def _repr_html_(self) -> str:
+        return (f'<iframe srcdoc="{html.escape(self.html)}" style="width:100%;height:540px;border:none" '
+                'sandbox="allow-scripts allow-popups"></iframe>')
+
 
 def _require(path: Path) -> Path:
     if not path.is_file():
@@ -59,7 +108,7 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _warped(path: Path, max_side: int, resampling: Resampling) -> tuple[np.ndarray, list[list[float]], dict]:
+def _warped(path: Path, max_side: int, resampling: Resampling) -> tuple[np.ma.MaskedArray, list[list[float]], dict]:
     """Band 1 warped to Web Mercator at most ``max_side`` pixels a side; its lat/lon bounds; the band's colour table."""
     with rasterio.open(_require(path)) as src, WarpedVRT(src, crs=WEB_MERCATOR, resampling=resampling) as vrt:
         scale = max(1.0, max(vrt.width, vrt.height) / max_side)
@@ -94,127 +143,160 @@ def continuous_overlay(path: Path, cmap: str = "viridis", vmin: float = 0.0, vma
     return Overlay(rgba, bounds)
 
 
-def class_names(path: Path) -> dict[int, str]:
-    """``{value: name}`` from the class COG's band tags (``class_<value>``)."""
+def _band_tags(path: Path, prefix: str) -> dict[int, str]:
+    """``{value: name}`` from band 1's tags ``<prefix>_<value>``."""
     with rasterio.open(_require(Path(path))) as src:
         tags = src.tags(1)
-    return {int(k.split("_", 1)[1]): v for k, v in tags.items() if k.startswith("class_")}
+    return {int(k.split("_", 1)[1]): v for k, v in tags.items()
+            if k.startswith(prefix + "_") and k.split("_", 1)[1].isdigit()}
+
+
+def class_names(path: Path) -> dict[int, str]:
+    """``{value: name}`` from the class COG's band tags (``class_<value>``)."""
+    return _band_tags(path, "class")
 
 
 def class_colors(path: Path) -> dict[int, str]:
     """``{value: '#rrggbb'}`` from the class COG's colour table (nodata left out)."""
+    names = class_names(path)
     with rasterio.open(_require(Path(path))) as src:
-        names = class_names(path)
         table = src.colormap(1)
     return {v: "#{:02x}{:02x}{:02x}".format(*table[v][:3]) for v in names if v in table}
 
 
-def class_regions(folder: Path, max_side: int = REGION_MAX_SIDE) -> gpd.GeoDataFrame:
-    """Connected regions of one class (traced on a grid of at most ``max_side`` pixels a side),
-    with the class name, mean confidence and pixel count, in EPSG:4326.
+def _encode(values: np.ndarray) -> str:
+    """Little-endian bytes of ``values`` in base64 (what the page decodes)."""
+    return base64.b64encode(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()).decode("ascii")
 
-    Decimation (nearest for classes, average for confidence, through the COG overviews) keeps the
-    polygon count bounded whatever the map size.
+
+def pixel_lookup(folder: Path, max_side: int = LOOKUP_MAX_SIDE, points: int = MESH_POINTS) -> dict[str, Any]:
+    """The page's hover/click data of one run: class, confidence and pattern rasters on the COG's grid
+    (decimated to at most ``max_side`` pixels a side) and the Web Mercator -> grid pixel mesh.
+
+    The mesh is ``points`` x ``points`` control points on a regular Web Mercator grid over the map's
+    extent; ``cols``/``rows`` hold each point's position in grid pixels (fractional, 0 at the left/top edge).
     """
     folder = Path(folder)
-    names = class_names(folder / LANDCOVER)
-    with rasterio.open(folder / LANDCOVER) as src:
-        scale = max(1.0, max(src.width, src.height) / max_side)
-        out_shape = (max(1, math.ceil(src.height / scale)), max(1, math.ceil(src.width / scale)))
-        classes = src.read(1, out_shape=out_shape, resampling=Resampling.nearest)
-        transform = src.transform @ Affine.scale(src.width / out_shape[1], src.height / out_shape[0])
-        crs, nodata = src.crs, src.nodata
+    with rasterio.open(_require(folder / LANDCOVER)) as src:
+        step = max(1.0, max(src.width, src.height) / max_side)
+        height, width = max(1, math.ceil(src.height / step)), max(1, math.ceil(src.width / step))
+        classes = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
+        transform = src.transform * Affine.scale(src.width / width, src.height / height)
+        crs = src.crs
     with rasterio.open(_require(folder / CONFIDENCE)) as src:
-        confidence = src.read(1, out_shape=out_shape, resampling=Resampling.average)
-
-    regions = np.zeros(classes.shape, np.int32)
-    region_class: list[int] = [0]
-    for value in names:
-        labelled, count = ndimage.label(classes == value)  # 4-connected, as rasterio.features.shapes
-        regions[labelled > 0] = labelled[labelled > 0] + len(region_class) - 1
-        region_class += [value] * count
-    ids = regions.ravel()
-    valid = np.isfinite(confidence).ravel()
-    pixels = np.bincount(ids, minlength=len(region_class))
-    conf_sum = np.bincount(ids[valid], weights=confidence.ravel()[valid], minlength=len(region_class))
-    conf_n = np.bincount(ids[valid], minlength=len(region_class))
-    records = []
-    for geom, rid in rasterio.features.shapes(regions, mask=(regions > 0) & (classes != nodata), transform=transform):
-        rid = int(rid)
-        mean = conf_sum[rid] / conf_n[rid] if conf_n[rid] else float("nan")
-        records.append({"geometry": shape(geom), "value": region_class[rid], "class": names[region_class[rid]],
-                        "confidence": round(float(mean), 3), "pixels": int(pixels[rid])})
-    frame = gpd.GeoDataFrame(records, geometry="geometry", crs=crs) if records else gpd.GeoDataFrame(
-        {"value": [], "class": [], "confidence": [], "pixels": []}, geometry=[], crs=crs)
-    return frame.to_crs("EPSG:4326")
-
-
-def legend(title: str, entries: dict[str, str]) -> MacroElement:
-    """A fixed HTML legend (``{label: '#rrggbb'}``) in the lower-left corner of a folium map."""
-    rows = "".join(
-        f'<div><span style="background:{html.escape(color)};width:12px;height:12px;display:inline-block;'
-        f'margin-right:6px;border:1px solid #555"></span>{html.escape(label)}</div>'
-        for label, color in entries.items()
-    )
-    element = MacroElement()
-    element._template = Template(
-        "{% macro html(this, kwargs) %}"
-        '<div class="mmlc-legend" style="position:fixed;bottom:24px;left:12px;z-index:9999;background:white;'
-        'padding:6px 8px;border:1px solid #999;border-radius:4px;font:12px sans-serif">'
-        f"<b>{html.escape(title)}</b>{rows}</div>"
-        "{% endmacro %}"
-    )
-    return element
-
-
-def add_layers(target: folium.Map, folder: Path, regions: bool = True, max_side: int = MAX_SIDE) -> folium.Map:
-    """Add the class map, confidence and availability overlays and the hover regions of ``folder`` to a map."""
-    folder = Path(folder)
-    classes = paletted_overlay(folder / LANDCOVER, max_side)
-    folium.raster_layers.ImageOverlay(classes.rgba, classes.bounds, name="land cover", opacity=0.85,
-                                      interactive=False, zindex=1).add_to(target)
-    conf = continuous_overlay(folder / CONFIDENCE, max_side=max_side)
-    folium.raster_layers.ImageOverlay(conf.rgba, conf.bounds, name="confidence (0 to 1, viridis)", opacity=0.85,
-                                      show=False, zindex=2).add_to(target)
+        confidence = src.read(1, out_shape=(height, width), resampling=Resampling.average).astype("float64")
+    coded = np.where(np.isfinite(confidence), np.round(np.clip(confidence, 0, 1) * CONFIDENCE_SCALE) + 1, 0).astype("<u2")
+    lookup: dict[str, Any] = {
+        "width": width, "height": height, "step": round(step, 3),
+        "classes": _encode(classes.astype(np.uint8)), "confidence": _encode(coded),
+        "class_names": {str(k): v for k, v in class_names(folder / LANDCOVER).items()},
+        "patterns": None, "pattern_names": {},
+    }
     if (folder / AVAILABILITY).is_file():
-        avail = paletted_overlay(folder / AVAILABILITY, max_side)
-        folium.raster_layers.ImageOverlay(avail.rgba, avail.bounds, name="availability pattern", opacity=0.85,
-                                          show=False, zindex=3).add_to(target)
-    if regions:
-        frame = class_regions(folder)
-        fields = ["class", "confidence", "pixels"]
-        folium.GeoJson(
-            frame[fields + ["geometry"]].to_json(), name="class and confidence (hover, click)",
-            style_function=lambda _: {"fillOpacity": 0.0, "weight": 0.3, "color": "#333333"},
-            highlight_function=lambda _: {"weight": 2, "color": "#000000"},
-            tooltip=folium.GeoJsonTooltip(fields=fields, aliases=["class", "mean confidence", "pixels"]),
-            popup=folium.GeoJsonPopup(fields=fields, aliases=["class", "mean confidence", "pixels"]),
-        ).add_to(target)
-    target.fit_bounds(classes.bounds)
-    return target
+        with rasterio.open(folder / AVAILABILITY) as src:
+            lookup["patterns"] = _encode(src.read(1, out_shape=(height, width), resampling=Resampling.nearest).astype(np.uint8))
+        lookup["pattern_names"] = {str(k): v for k, v in _band_tags(folder / AVAILABILITY, "pattern").items()}
+
+    west, south, east, north = transform_bounds(crs, WEB_MERCATOR, *array_bounds(height, width, transform), densify_pts=21)
+    gx, gy = np.meshgrid(np.linspace(west, east, points), np.linspace(north, south, points))
+    sx, sy = Transformer.from_crs(WEB_MERCATOR, crs, always_xy=True).transform(gx, gy)
+    inverse = ~transform
+    cols = inverse.a * sx + inverse.b * sy + inverse.c
+    rows = inverse.d * sx + inverse.e * sy + inverse.f
+    lookup["mesh"] = {"west": west, "north": north, "dx": (east - west) / (points - 1), "dy": (north - south) / (points - 1),
+                      "n": points, "cols": np.round(cols, 4).ravel().tolist(), "rows": np.round(rows, 4).ravel().tolist()}
+    return lookup
 
 
-def interactive_map(folder: Path, max_side: int = MAX_SIDE, regions: bool = True) -> folium.Map:
-    """A folium map of one run's exports: land cover with legend, switchable confidence and availability."""
+def run_pane(folder: Path, title: str | None = None, max_side: int = MAX_SIDE) -> dict[str, Any]:
+    """Everything the page draws for one run's exports in ``folder`` (JSON-ready)."""
     folder = Path(folder)
-    names, colors = class_names(folder / LANDCOVER), class_colors(folder / LANDCOVER)
-    target = folium.Map(tiles="OpenStreetMap", control_scale=True)
-    add_layers(target, folder, regions, max_side)
-    folium.LatLngPopup().add_to(target)
-    folium.LayerControl(collapsed=False).add_to(target)
-    legend("Land cover", {names[v]: colors[v] for v in names if v in colors}).add_to(target)
-    return target
+    names, colors = class_names(_require(folder / LANDCOVER)), class_colors(folder / LANDCOVER)
+    classes = paletted_overlay(folder / LANDCOVER, max_side)
+    layers = [{"name": LAYER_NAMES["classes"], "image": classes.data_uri(), "bounds": classes.bounds, "show": True, "opacity": 1.0}]
+    confidence = continuous_overlay(folder / CONFIDENCE, max_side=max_side)
+    layers.append({"name": LAYER_NAMES["confidence"], "image": confidence.data_uri(), "bounds": confidence.bounds,
+                   "show": False, "opacity": 0.9})
+    if (folder / AVAILABILITY).is_file():
+        availability = paletted_overlay(folder / AVAILABILITY, max_side)
+        layers.append({"name": LAYER_NAMES["availability"], "image": availability.data_uri(), "bounds": availability.bounds,
+                       "show": False, "opacity": 0.9})
+    return {
+        "title": title if title is not None else default_title(folder),
+        "bounds": classes.bounds,
+        "layers": layers,
+        "legend": [{"name": names[v], "color": colors[v]} for v in names if v in colors],
+        "lookup": pixel_lookup(folder),
+    }
 
 
-def side_by_side(left: Path, right: Path, max_side: int = MAX_SIDE) -> DualMap:
-    """Two runs' exports in synchronised panes (pan and zoom one, the other follows), with the class legend."""
-    dual = DualMap(tiles="OpenStreetMap", control_scale=True)
-    add_layers(dual.m1, Path(left), regions=True, max_side=max_side)
-    add_layers(dual.m2, Path(right), regions=True, max_side=max_side)
-    folium.LayerControl(collapsed=True).add_to(dual)
-    names, colors = class_names(Path(left) / LANDCOVER), class_colors(Path(left) / LANDCOVER)
-    legend("Land cover", {names[v]: colors[v] for v in names if v in colors}).add_to(dual)
-    return dual
+def default_title(folder: Path) -> str:
+    """A run's name on the page: the export folder's last two path parts (``<method or run>/<scene>``)."""
+    parts = Path(folder).resolve().parts
+    return "/".join(parts[-2:])
+
+
+def _asset(name: str) -> str:
+    return (ASSETS / name).read_text(encoding="utf-8")
+
+
+def _leaflet_css() -> str:
+    """Leaflet's stylesheet with its control images inlined (the layer switcher icon), so nothing is fetched."""
+    css = (LEAFLET / "leaflet.css").read_text(encoding="utf-8")
+    for image in sorted((LEAFLET / "images").glob("*.png")):
+        uri = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode("ascii")
+        css = css.replace(f"url(images/{image.name})", f"url({uri})")
+    return css
+
+
+def _inline_script(text: str) -> str:
+    """Text safe inside ``<script>``: no ``</`` that could close the element early."""
+    return text.replace("</", "<\\/")
+
+
+def page(panes: Sequence[dict[str, Any]], title: str) -> WebMap:
+    """The HTML page drawing ``panes`` (from :func:`run_pane`) side by side, synchronised; all assets inline."""
+    data = json.dumps({"panes": list(panes), "basemap": BASEMAP}, allow_nan=False, separators=(",", ":"))
+    text = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n"
+        f"<!-- Leaflet {leaflet_version()} (BSD-2-Clause, see the licence in pipeline/outputs/webmap_assets/leaflet) -->\n"
+        f"<style>\n{_leaflet_css()}\n</style>\n<style>\n{_asset('webmap.css')}\n</style>\n"
+        f"<script>\n{_inline_script((LEAFLET / 'leaflet.js').read_text(encoding='utf-8'))}\n</script>\n"
+        "</head>\n<body>\n<div id=\"mmlc-panes\"></div>\n"
+        f'<script type="application/json" id="mmlc-data">{_inline_script(data)}</script>\n'
+        f"<script>\n{_inline_script(_asset('webmap.js'))}\n</script>\n</body>\n</html>\n"
+    )
+    return WebMap(text)
+
+
+def leaflet_version() -> str:
+    """The vendored Leaflet's version (from its file header)."""
+    head = (LEAFLET / "leaflet.js").read_text(encoding="utf-8")[:200]
+    return head.split("Leaflet ", 1)[1].split(",", 1)[0].strip() if "Leaflet " in head else "unknown"
+
+
+def interactive_map(folder: Path, max_side: int = MAX_SIDE, title: str | None = None) -> WebMap:
+    """The web map of one run's exports: land cover with legend, switchable confidence and availability."""
+    pane = run_pane(Path(folder), title, max_side)
+    return page([pane], f"Land cover: {pane['title']}")
+
+
+def side_by_side(left: Path, right: Path, max_side: int = MAX_SIDE,
+                 titles: tuple[str | None, str | None] = (None, None)) -> WebMap:
+    """Two runs' exports in synchronised panes (pan and zoom one, the other follows), each with its legend."""
+    panes = [run_pane(Path(left), titles[0], max_side), run_pane(Path(right), titles[1], max_side)]
+    return page(panes, f"Land cover: {panes[0]['title']} | {panes[1]['title']}")
+
+
+def write_web_map(folder: Path, path: Path | None = None, compare: Path | None = None,
+                  max_side: int = MAX_SIDE) -> Path:
+    """Write the web map of ``folder`` (beside ``compare`` when given) to ``path`` (default ``folder/map.html``)."""
+    folder = Path(folder)
+    target = Path(path) if path is not None else folder / WEB_MAP
+    web_map = interactive_map(folder, max_side) if compare is None else side_by_side(folder, Path(compare), max_side)
+    return web_map.save(target)
 
 
 def pixel_info(folder: Path, lat: float, lon: float) -> dict[str, object]:
@@ -236,5 +318,6 @@ def pixel_info(folder: Path, lat: float, lon: float) -> dict[str, object]:
             if key == "pattern":
                 info["pattern_name"] = src.tags(1).get(f"pattern_{int(value)}", "none")
     info["inside"] = True
-    info["class_name"] = names.get(int(info["class"]), "no data")  # type: ignore[arg-type]
+    value = info["class"]
+    info["class_name"] = names.get(value, "no data") if isinstance(value, int) else "no data"
     return info

@@ -74,7 +74,8 @@ def test_relative_links_resolve() -> None:
     assert not broken
 
 
-@pytest.mark.parametrize("module", ["pipeline.batch", "pipeline.run", "pipeline.evaluate", "pipeline.train", "pipeline.ingest"])
+@pytest.mark.parametrize("module", ["pipeline.batch", "pipeline.run", "pipeline.evaluate", "pipeline.train", "pipeline.ingest",
+                                    "pipeline.webmap"])
 def test_documented_options_exist(module: str, capsys: pytest.CaptureFixture[str]) -> None:
     import importlib
 

@@ -2,6 +2,7 @@
 
 ``make_map_store(folder, ...)``: write a small map store (the layout of pipeline.data.store) for the
 export and report tests; ``.open()`` on the result opens it lazily as the pipeline does.
+``make_exported_run(folder, ...)``: the same, plus the three COGs pipeline.run exports from it.
 (pytest runs with ``--import-mode=importlib``, so helpers reach tests as fixtures.)
 """
 
@@ -88,3 +89,20 @@ def _build_map_store(folder: Path, height: int = 300, width: int = 500, resoluti
 @pytest.fixture(scope="session")
 def make_map_store() -> Callable[..., MapStore]:
     return _build_map_store
+
+
+def _build_exported_run(folder: Path, **store: object) -> MapStore:
+    """A map store in ``folder`` and its COGs beside it (landcover, confidence, availability .tif)."""
+    from pipeline.outputs.cog import write_class_cog, write_confidence_cog, write_pattern_cog
+
+    built = _build_map_store(folder, **store)  # type: ignore[arg-type]
+    ds = built.open()
+    write_class_cog(ds, Path(folder) / "landcover.tif")
+    write_confidence_cog(ds, Path(folder) / "confidence.tif")
+    write_pattern_cog(ds, Path(folder) / "availability.tif")
+    return built
+
+
+@pytest.fixture(scope="session")
+def make_exported_run() -> Callable[..., MapStore]:
+    return _build_exported_run

@@ -70,7 +70,7 @@ def test_second_run_skips_and_a_failing_scene_does_not_stop_the_others(tiny_file
     assert [(e["scene"], e["status"]) for e in first] == [("broken", "failed"), ("tiny", "done")]
     assert "missing-hs.tif" in first[0]["error"]
     dated = out / "tiny" / "2024-06-01"
-    assert set(first[1]["outputs"]) == {"landcover", "confidence", "availability", "quicklook", "report", "stac"}
+    assert set(first[1]["outputs"]) == {"landcover", "confidence", "availability", "quicklook", "webmap", "report", "stac"}
     assert all(Path(p).parent == dated for p in first[1]["outputs"].values())
     with rasterio.open(dated / "landcover.tif") as src:
         assert (src.height, src.width) == TINY_SHAPE and src.read(1).any()

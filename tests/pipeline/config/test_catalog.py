@@ -93,6 +93,7 @@ def test_relative_paths_resolve_against_the_catalog_folder(tmp_path: Path) -> No
         (lambda d: d.update(outptu={"folder": "x"}), "outptu"),
         (lambda d: d.update(output={"batch_pixels": 0}), "output.batch_pixels"),
         (lambda d: d.update(output={"batch_pixels": "big"}), "output.batch_pixels"),
+        (lambda d: d.update(output={"formats": ["html", "png"]}), "output.formats"),  # the web map needs the COGs
     ],
 )
 def test_a_wrong_key_names_file_and_key(tmp_path: Path, edit, key: str) -> None:

@@ -89,6 +89,14 @@ def test_precision_auto_follows_the_hardware(caplog: pytest.LogCaptureFixture) -
     assert ("emulates" in caplog.text) == (not cpu_has_native_bf16())
 
 
+def test_run_writes_the_web_map_and_lists_it(reference: tuple[Path, list]) -> None:
+    out, runs = reference
+    page = out / "demo" / "map.html"
+    assert page.is_file() and runs[0].report["outputs"]["webmap"] == str(page)
+    stac = json.loads((out / "demo" / "stac-item.json").read_text())
+    assert stac["assets"]["webmap"]["href"] == "map.html" and stac["assets"]["webmap"]["type"] == "text/html"
+
+
 def test_same_map_whatever_the_tile_size_and_worker_count(trained_demo, reference, tmp_path: Path) -> None:
     ref_out, _ = reference
     expected = _class_map(ref_out)

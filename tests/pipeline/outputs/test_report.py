@@ -100,7 +100,7 @@ def test_stac_item(store, tmp_path: Path) -> None:
     map_ds = store.open()
     report = _build(store)
     assets = {"class": tmp_path / "class.tif", "pattern": tmp_path / "pattern.tif",
-              "quicklook": tmp_path / "quicklook.png", "report": tmp_path / "report.json"}
+              "quicklook": tmp_path / "quicklook.png", "webmap": tmp_path / "map.html", "report": tmp_path / "report.json"}
     target = rp.write_stac_item(report, map_ds, tmp_path / "item.json", assets)
     item = json.loads(target.read_text())
 
@@ -142,6 +142,7 @@ def test_stac_item(store, tmp_path: Path) -> None:
     assert item["assets"]["quicklook"]["roles"] == ["overview"]
     assert item["assets"]["report"] == {"href": "report.json", "type": "application/json", "title": "report",
                                         "roles": ["metadata"]}
+    assert item["assets"]["webmap"] == {"href": "map.html", "type": "text/html", "title": "webmap", "roles": ["visual"]}
 
 
 def test_stac_datetime_from_acquisitions(store, tmp_path: Path) -> None:
