@@ -20,39 +20,28 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pipeline
 from pipeline.config.catalog import Catalog, Scene, load_catalog
-from pipeline.config.errors import PipelineError
-from pipeline.files import (
-    write_json,
-)
+from pipeline.files import write_json
+from pipeline.locks import scene_lock
 
 log = logging.getLogger(__name__)
 
 WORK_FOLDER = "_work"
 STATE_FILE = ".batch-state.json"
-LOCK_FILE = ".lock"
 LOG_FILE = "batch-log.jsonl"
 
 Status = Literal["done", "skipped", "failed"]
-
-
-class SceneLocked(PipelineError):
-    """Another job holds the lock of a scene's output folder."""
 
 
 @dataclass
@@ -114,28 +103,6 @@ def is_up_to_date(state: dict[str, Any] | None, key: str) -> bool:
 
 
 # --------------------------------------------------------------------------- locking and logging
-
-
-@contextmanager
-def scene_lock(scene_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``scene_dir/.lock`` (non-blocking: raises SceneLocked when held).
-
-    ``flock`` locks are released by the kernel when the holder exits, so a killed job never leaves
-    a stale lock behind.
-    """
-    scene_dir.mkdir(parents=True, exist_ok=True)
-    path = scene_dir / LOCK_FILE
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise SceneLocked(f"{scene_dir}: locked by another job ({path})") from None
-            raise
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def append_log(path: Path, outcome: SceneOutcome) -> None:

@@ -317,6 +317,8 @@ class Cluster(_Section):
     threads_per_worker: int = Field(default=1, ge=1)
     gpu: Literal["auto", "required", "never"] = "auto"
     memory_limit: str | None = None
+    listen: str = Field(default="127.0.0.1", description="address the local cluster's scheduler, workers and "
+                        "dashboard listen on; 0.0.0.0 exposes them to the network")
 
 
 class Catalog(_Section):
