@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pipeline
+from pipeline.cli import configure_logging, failure_line, guarded
 from pipeline.config.catalog import Catalog, Scene, load_catalog
 from pipeline.files import write_json
 from pipeline.locks import scene_lock
@@ -131,6 +132,15 @@ def work_catalog(catalog: Catalog, root: Path) -> Catalog:
     return copy
 
 
+def job_error(exc: Exception) -> str:
+    """The log's line for a failed job: the error for an anticipated failure; the traceback too for a bug."""
+    line = failure_line(exc)
+    if line is not None:
+        return f"{type(exc).__name__}: {line.removeprefix('error: ')}"
+    log.error("unexpected failure (a bug in the pipeline: please report it with this traceback)", exc_info=exc)
+    return f"{type(exc).__name__}: {exc} (unexpected: a bug in the pipeline, traceback in the log)"
+
+
 def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: bool = False,
                   progress: bool = False) -> SceneOutcome:
     """Map one scene into ``root/<scene>/<date>/`` unless it is up to date; never raises for a scene's failure."""
@@ -159,7 +169,7 @@ def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: 
                 outcome.status, outcome.outputs = "done", outputs
                 log.info("scene %s done: %s", scene.name, export_dir)
     except Exception as exc:  # one failing scene must not stop the others; the error goes to the log
-        outcome.error = f"{type(exc).__name__}: {exc}"
+        outcome.error = job_error(exc)
         log.error("scene %s failed: %s", scene.name, outcome.error)
     outcome.seconds = round(time.perf_counter() - started, 3)
     return outcome
@@ -185,7 +195,7 @@ def run_batch(catalog_paths: list[Path], output: Path | None = None, date: str |
             catalog = load_catalog(path)
         except Exception as exc:  # a bad catalog is a failure of that catalog only
             outcome = SceneOutcome(_now(), str(Path(path).resolve()), None, "failed",
-                                   round(time.perf_counter() - started, 3), error=f"{type(exc).__name__}: {exc}", date=date)
+                                   round(time.perf_counter() - started, 3), error=job_error(exc), date=date)
             log.error("catalog %s failed: %s", path, outcome.error)
             append_log(log_file or Path.cwd() / LOG_FILE, outcome)
             outcomes.append(outcome)
@@ -223,11 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.catalogs if not p.is_file()]
     if missing:
         parser.error(f"no such catalog file: {', '.join(missing)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    outcomes = run_batch(args.catalogs, args.output, args.date, args.force, args.progress, args.log)
-    for o in outcomes:
-        print(f"{o.status:7s} {o.scene or '-'} ({o.catalog}) {o.seconds:.1f} s" + (f": {o.error}" if o.error else ""))
-    return exit_status(outcomes)
+    configure_logging(with_time=True)
+
+    def body() -> int:
+        outcomes = run_batch(args.catalogs, args.output, args.date, args.force, args.progress, args.log)
+        for o in outcomes:
+            print(f"{o.status:7s} {o.scene or '-'} ({o.catalog}) {o.seconds:.1f} s" + (f": {o.error}" if o.error else ""))
+        return exit_status(outcomes)
+
+    return guarded(body)
 
 
 if __name__ == "__main__":
