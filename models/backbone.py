@@ -15,10 +15,10 @@ touching the frozen weights.
 from __future__ import annotations
 
 import contextlib
-import pickle
 import contextvars
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple

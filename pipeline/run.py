@@ -249,12 +249,36 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Path, out_dir: P
                               staging, out_dir, outputs)
         rollback.commit()  # from here the new stores stand; the exports follow with renames only
         publish_files(staging, out_dir)
-    except OSError as exc:
-        raise OutputError(exc.filename or out_dir, "output.folder", "room and permission to write the outputs",
-                          exc.strerror or str(exc)) from None
+    except Exception as exc:
+        failure = output_failure(exc, out_dir)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return SceneRun(scene.name, outputs, report, timings)
+
+
+LOW_DISK_BYTES = 1 << 20
+
+
+def output_failure(exc: Exception, out_dir: Path) -> OutputError | None:
+    """The :class:`OutputError` an export failure stands for (an OS error, or GDAL's on a full disk), else None.
+
+    GDAL does not always pass ENOSPC on (a full disk can surface as "not recognized as being in a
+    supported file format" of its scratch file), so the free space of ``out_dir`` is asked too.
+    """
+    expected = "room and permission to write the outputs"
+    if isinstance(exc, OSError) and exc.strerror:
+        return OutputError(exc.filename or out_dir, "output.folder", expected, exc.strerror)
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError:
+        return None
+    if free < LOW_DISK_BYTES:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return OutputError(out_dir, "output.folder", expected, f"No space left on device ({free} bytes free; {detail})")
+    return None
 
 
 def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Path, checkpoint: Path,

@@ -175,3 +175,114 @@ def test_an_unwritable_output_folder_names_the_catalog(trained_demo, tmp_path: P
     assert run_main([str(path), "--output", str(blocker / "out"), "--quiet"]) == 1
     [line] = error_lines(capsys.readouterr().err)
     assert line.startswith(f"error: {path}: output.folder:") and "(no file)" not in line
+
+
+# --------------------------------------------------------------------------- anticipated failures: one error line
+
+
+class Evil:
+    """Pickles to a call of a function: what a weights-only loader must refuse."""
+
+    def __reduce__(self) -> tuple:
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("kind", ["missing", "pickled"])
+def test_a_bad_pretrained_weights_file_is_one_error_line_naming_it(trained_demo, tmp_path: Path, capsys, kind: str) -> None:
+    import torch
+
+    from pipeline.train import main as train_main
+
+    catalog, _ = trained_demo
+    weights = tmp_path / "clip.bin"
+    if kind == "pickled":
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Evil()}, weights)
+    data = catalog.model_dump(mode="json")
+    data["model"].update(backbone="ViT-B-16", pretrained=str(weights))
+    data["output"]["folder"] = str(tmp_path / "out")
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert train_main([str(path)]) == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert f"{path}: model.pretrained:" in line and str(weights) in line
+    assert "Traceback" not in err and "weights_only" not in err
+    assert ("does not exist" if kind == "missing" else "is a pickle") in line
+    assert not (tmp_path / "out" / "demo" / "checkpoints" / "mamol").exists()
+
+
+def test_an_object_array_in_the_split_file_is_one_error_line(trained_demo, tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    catalog, checkpoint = trained_demo
+    bad = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, bad)
+    np.savez(bad / "split.npz", train_rows=np.array([{"a": 1}], dtype=object))
+    path = write_catalog(catalog, tmp_path / "catalog.yaml", checkpoint=str(bad))
+    assert run_main([str(path), "--output", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert f"{bad / 'split.npz'}: metadata.split_file:" in line and "Traceback" not in err
+    assert not any((tmp_path / "out" / "demo" / name).exists() for name in EXPORTS)
+
+
+def fill_to_the_last_byte(path: Path) -> None:
+    """Write zeros into ``path`` until its file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        for block in (1 << 16, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def mounted(tmp_path: Path):
+    """``mounted(folder, options)``: a tmpfs mounted at ``folder`` for this test (skips where mounting is not allowed)."""
+    points: list[Path] = []
+
+    def mount(folder: Path, options: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+        points.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(points):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_read_only_checkpoints_folder_is_one_error_line(trained_demo, tmp_path: Path, capsys, mounted) -> None:
+    catalog, _ = trained_demo
+    out = tmp_path / "out"
+    mounted(out / "demo" / "checkpoints", "ro,size=1m")
+    path = write_catalog(catalog, tmp_path / "catalog.yaml")
+    assert run_main([str(path), "--output", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert f"{path}: output.folder: expected a writable folder at {out / 'demo' / 'checkpoints'}" in line
+    assert "Read-only file system" in line and "Traceback" not in err
+
+
+@pytest.mark.slow  # a whole run on a tmpfs, then a failing rerun
+def test_a_full_disk_keeps_the_previous_outputs_and_is_one_error_line(trained_demo, tmp_path: Path, capsys, mounted) -> None:
+    catalog, checkpoint = trained_demo
+    out = mounted(tmp_path / "disk", "size=24m")
+    path = write_catalog(catalog, tmp_path / "catalog.yaml", checkpoint=str(checkpoint))
+    assert run_main([str(path), "--output", str(out), "--quiet"]) == 0
+    scene = out / "demo"
+    before = {name: (scene / name).read_bytes() for name in EXPORTS}
+    fill_to_the_last_byte(out / "filler")
+    capsys.readouterr()
+    assert run_main([str(path), "--output", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert "No space left on device" in line and str(scene) in line and "Traceback" not in err
+    assert {name: (scene / name).read_bytes() for name in EXPORTS} == before
+    assert not [p.name for p in scene.iterdir() if ".tmp-" in p.name or p.name == ".rollback"]
