@@ -85,7 +85,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files and directories that killed runs left in ``folder`` (not recursive)."""
-    removed = []
+    removed: list[Path] = []
     root = Path(folder)
     if not root.is_dir():
         return removed

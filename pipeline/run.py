@@ -37,6 +37,7 @@ from pipeline.inference.cluster import dask_client, torch_threads_per_worker
 from pipeline.inference.compatibility import check_checkpoint_fits, class_pairs
 from pipeline.inference.mapping import MapResult
 from pipeline.inference.tiling import tile_windows
+from pipeline.learn.sampling import Split
 from pipeline.locks import scene_lock
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,21 @@ def check_writable(folder: Path, catalog_file: Path | None) -> None:
         raise InputError(catalog_file, "output.folder", f"a writable folder at {folder}", f"{exc.strerror or exc}") from None
 
 
+def checked_split(split_file: Path) -> Split:
+    """The training split a checkpoint records; a file that is not plain integer arrays is a :class:`CheckpointError`."""
+    try:
+        return Split.load(split_file)
+    except (OSError, ValueError, KeyError) as exc:  # np.load refuses object arrays (pickles) with a ValueError
+        raise CheckpointError(split_file, "metadata.split_file", "the training split (an .npz of integer arrays)",
+                              str(exc).splitlines()[0]) from None
+
+
 def verified_checkpoint(path: Path, scene: Scene, ds: xr.Dataset, catalog: Catalog) -> dict[str, Any]:
-    """Load a checkpoint's metadata, refusing one whose modalities, band counts or classes differ from the scene.
+    """Load a checkpoint's metadata, refusing one whose modalities, band counts, classes or split file do not fit.
 
     The classes (values and names, in order) are compared with the catalog's, so an edited or foreign
-    class table is refused before any tile is classified instead of relabelling the map.
+    class table is refused before any tile is classified instead of relabelling the map; the split
+    file (read after mapping, for the held-out accuracy) is checked now for the same reason.
     """
     expected = class_pairs([c.model_dump() for c in scene.labels.classes]) if scene.labels is not None else None
     check_checkpoint_fits(path, ds, catalog.path, expected)
@@ -81,6 +92,9 @@ def verified_checkpoint(path: Path, scene: Scene, ds: xr.Dataset, catalog: Catal
         _, metadata = load_checkpoint(path, expected_modalities=scene.modality_names, expected_bands=bands)
     except (CheckpointFormatError, CheckpointMismatchError, FileNotFoundError) as exc:
         raise CheckpointError(path, "model.checkpoint", "a safetensors checkpoint matching the scene's modalities and bands", str(exc)) from None
+    split_file = Path(path) / metadata.get("split_file", "split.npz")
+    if split_file.exists():
+        checked_split(split_file)
     return metadata
 
 
@@ -118,7 +132,7 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
 def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
     """Accuracy on labelled pixels that did not train or validate the model, read in row blocks."""
     from pipeline.learn.metrics import classification_summary
-    from pipeline.learn.sampling import Split, class_index_lookup
+    from pipeline.learn.sampling import class_index_lookup
 
     label_var = "test_labels" if "test_labels" in ds else "labels"
     if label_var not in ds:
@@ -132,11 +146,7 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadat
     split_file = checkpoint / metadata.get("split_file", "split.npz")
     # The split only describes this scene when the checkpoint was trained on this very store content.
     if metadata.get("scene_hash") == ds.attrs.get("content_hash") and split_file.exists():
-        try:
-            used = Split.load(split_file).used_for_training(shape)
-        except (OSError, ValueError, KeyError) as exc:  # np.load refuses object arrays (pickles) with a ValueError
-            raise CheckpointError(split_file, "metadata.split_file", "the training split (an .npz of integer arrays)",
-                                  str(exc).splitlines()[0]) from None
+        used = checked_split(split_file).used_for_training(shape)
         excluded = True
     mapped = xr.open_zarr(map_store, consolidated=False)
     truth_all, pred_all = [], []
@@ -328,7 +338,7 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Path
         staged["report"] = write_report(report, staging / "report.json")
         outputs["report"] = out_dir / "report.json"
     if "stac" in formats:
-        assets = {k: staged[k] for k in ("landcover", "confidence", "availability", "quicklook", "report") if k in staged}
+        assets: dict[str, Path] = {k: staged[k] for k in ("landcover", "confidence", "availability", "quicklook", "report") if k in staged}
         write_stac_item(report, map_ds, staging / "stac-item.json", assets)
         outputs["stac"] = out_dir / "stac-item.json"
     return report

@@ -41,6 +41,22 @@ def copy_checkpoint(checkpoint: Path, folder: Path, edit) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def published(trained_demo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One complete run of the small demo with the session's checkpoint; tests copy its output folder."""
+    catalog, checkpoint = trained_demo
+    folder = tmp_path_factory.mktemp("published")
+    path = write_catalog(catalog, folder / "catalog.yaml", checkpoint=str(checkpoint))
+    assert run_main([str(path), "--output", str(folder / "out"), "--quiet"]) == 0
+    return folder / "out"
+
+
+def copy_of(published: Path, out: Path) -> Path:
+    """A copy of the published output folder at ``out`` (its map is current for the session's checkpoint)."""
+    shutil.copytree(published, out, symlinks=True, ignore=shutil.ignore_patterns(".lock"))
+    return out
+
+
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
@@ -119,12 +135,10 @@ def test_a_second_run_on_the_same_scene_fails_in_one_line_naming_the_lock(traine
     assert not (out / "demo" / "scene.zarr").exists()  # it did no work
 
 
-def test_a_failed_rerun_keeps_the_previous_scene_store_map_and_exports(trained_demo, tmp_path: Path,
+def test_a_failed_rerun_keeps_the_previous_scene_store_map_and_exports(trained_demo, published: Path, tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     catalog, checkpoint = trained_demo
-    out = tmp_path / "out"
-    path = write_catalog(catalog, tmp_path / "catalog.yaml", checkpoint=str(checkpoint))
-    assert run_main([str(path), "--output", str(out), "--quiet"]) == 0
+    out = copy_of(published, tmp_path / "out")
     scene = out / "demo"
     before = {name: (scene / name).read_bytes() for name in EXPORTS}
     scene_hash = stored_hash(scene / "scene.zarr")
@@ -135,10 +149,11 @@ def test_a_failed_rerun_keeps_the_previous_scene_store_map_and_exports(trained_d
     shadow = tmp_path / "inputs"
     shutil.copytree(source.parent, shadow)
     os.utime(shadow / source.name, (time.time() + 10, time.time() + 10))
-    data = yaml.safe_load(path.read_text())
+    data = catalog.model_dump(mode="json")
     for modality in data["scenes"][0]["modalities"]:
         modality["source"]["path"] = str(shadow / Path(modality["source"]["path"]).name)
     data["model"]["checkpoint"] = str(copy_checkpoint(checkpoint, tmp_path / "edited", _reverse))
+    path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(data))
     stale = scene / ".landcover.tif.tmp-deadbeef.tif"  # what a killed export leaves
     stale.write_bytes(b"half")
@@ -152,18 +167,33 @@ def test_a_failed_rerun_keeps_the_previous_scene_store_map_and_exports(trained_d
     assert not [p.name for p in scene.iterdir() if ".tmp-" in p.name or p.name == ".rollback"]
 
 
-def test_a_rerun_with_nothing_to_classify_starts_no_cluster(trained_demo, tmp_path: Path,
+def test_a_rollback_left_by_a_killed_run_is_restored_by_the_next_run(tmp_path: Path) -> None:
+    from pipeline.files import Rollback, replace_directory
+
+    root = tmp_path / "scene"
+    (root / "scene.zarr").mkdir(parents=True)
+    (root / "scene.zarr" / "chunk").write_text("old")
+    rollback = Rollback(root)
+    rollback.keep(root / "scene.zarr")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "chunk").write_text("new")
+    replace_directory(fresh, root / "scene.zarr")  # the run replaced the store, then was killed (no commit)
+    Rollback(root)  # the next run
+    assert (root / "scene.zarr" / "chunk").read_text() == "old"
+    assert sorted(p.name for p in root.iterdir()) == [".rollback", "scene.zarr"]  # a fresh, empty snapshot folder
+
+
+def test_a_rerun_with_nothing_to_classify_starts_no_cluster(trained_demo, published: Path, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     catalog, checkpoint = trained_demo
+    out = copy_of(published, tmp_path / "out")
     path = write_catalog(catalog, tmp_path / "catalog.yaml", checkpoint=str(checkpoint))
-    argv = [str(path), "--output", str(tmp_path / "out"), "--quiet"]
-    assert run_main(argv) == 0
-    caplog.clear()
     with caplog.at_level(logging.INFO):
-        assert run_main(argv) == 0
+        assert run_main([str(path), "--output", str(out), "--quiet"]) == 0
     assert "no cluster started" in caplog.text
     assert "local Dask cluster" not in caplog.text
-    report = json.loads((tmp_path / "out" / "demo" / "report.json").read_text())
+    report = json.loads((out / "demo" / "report.json").read_text())
     assert report["mapping"]["reused"] and report["mapping"]["tiles_computed"] == 0
 
 
@@ -223,7 +253,8 @@ def test_an_object_array_in_the_split_file_is_one_error_line(trained_demo, tmp_p
     err = capsys.readouterr().err
     [line] = error_lines(err)
     assert f"{bad / 'split.npz'}: metadata.split_file:" in line and "Traceback" not in err
-    assert not any((tmp_path / "out" / "demo" / name).exists() for name in EXPORTS)
+    scene = tmp_path / "out" / "demo"
+    assert not (scene / "map.zarr").exists() and not any((scene / name).exists() for name in EXPORTS)
 
 
 def fill_to_the_last_byte(path: Path) -> None:
@@ -270,17 +301,15 @@ def test_a_read_only_checkpoints_folder_is_one_error_line(trained_demo, tmp_path
     assert "Read-only file system" in line and "Traceback" not in err
 
 
-@pytest.mark.slow  # a whole run on a tmpfs, then a failing rerun
-def test_a_full_disk_keeps_the_previous_outputs_and_is_one_error_line(trained_demo, tmp_path: Path, capsys, mounted) -> None:
+def test_a_full_disk_keeps_the_previous_outputs_and_is_one_error_line(trained_demo, published: Path, tmp_path: Path,
+                                                                      capsys, mounted) -> None:
     catalog, checkpoint = trained_demo
-    out = mounted(tmp_path / "disk", "size=24m")
+    out = copy_of(published, mounted(tmp_path / "disk", "size=24m") / "out")
     path = write_catalog(catalog, tmp_path / "catalog.yaml", checkpoint=str(checkpoint))
-    assert run_main([str(path), "--output", str(out), "--quiet"]) == 0
     scene = out / "demo"
     before = {name: (scene / name).read_bytes() for name in EXPORTS}
     fill_to_the_last_byte(out / "filler")
-    capsys.readouterr()
-    assert run_main([str(path), "--output", str(out), "--quiet"]) == 1
+    assert run_main([str(path), "--output", str(out), "--quiet"]) == 1  # the map is current: only the exports are written
     err = capsys.readouterr().err
     [line] = error_lines(err)
     assert "No space left on device" in line and str(scene) in line and "Traceback" not in err
