@@ -7,6 +7,7 @@ ingest -> (train when the catalog names no checkpoint) -> tiled mapping on Dask
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -15,6 +16,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +128,8 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
         rollback.keep(folder)
     remove_stale_temporaries(folder.parent)
     started = time.perf_counter()
-    result = train(catalog, scene.name, progress=progress, extra_metadata={"training_hash": wanted})
+    with disk_errors_name(folder):
+        result = train(catalog, scene.name, progress=progress, extra_metadata={"training_hash": wanted})
     return result.checkpoint, verified_checkpoint(result.checkpoint, scene, ds, catalog), time.perf_counter() - started
 
 
@@ -220,7 +224,8 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Path, out_dir: P
     store = scene_store_path(catalog.output.folder, scene.name)
     if stored_hash(store) != scene_content_hash(catalog, scene):
         rollback.keep(store)
-    store = ingest_scene(catalog, scene)
+    with disk_errors_name(store):
+        store = ingest_scene(catalog, scene)
     timings["ingest"] = time.perf_counter() - t
     ds = xr.open_zarr(store)
 
@@ -270,6 +275,21 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Path, out_dir: P
 
 
 LOW_DISK_BYTES = 1 << 20
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+@contextmanager
+def disk_errors_name(path: Path) -> Iterator[None]:
+    """A full or read-only disk while writing ``path`` becomes an :class:`OutputError` naming it.
+
+    Python's ``write`` raises ENOSPC without a file name; the stage that writes knows which output it was.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise OutputError(exc.filename or path, "output.folder", "room to write the outputs", exc.strerror or str(exc)) from None
 
 
 def output_failure(exc: Exception, out_dir: Path) -> OutputError | None:

@@ -315,3 +315,14 @@ def test_a_full_disk_keeps_the_previous_outputs_and_is_one_error_line(trained_de
     assert "No space left on device" in line and str(scene) in line and "Traceback" not in err
     assert {name: (scene / name).read_bytes() for name in EXPORTS} == before
     assert not [p.name for p in scene.iterdir() if ".tmp-" in p.name or p.name == ".rollback"]
+
+
+def test_a_full_disk_during_ingest_names_the_scene_store(trained_demo, tmp_path: Path, capsys, mounted) -> None:
+    catalog, checkpoint = trained_demo
+    out = mounted(tmp_path / "disk", "size=256k")
+    path = write_catalog(catalog, tmp_path / "catalog.yaml", checkpoint=str(checkpoint))
+    assert run_main([str(path), "--output", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert "No space left on device" in line and "scene.zarr" in line and "Traceback" not in err
+    assert sorted(p.name for p in (out / "demo").iterdir()) == [".lock"]  # no half-written store, no snapshot
