@@ -18,6 +18,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -176,10 +177,17 @@ def load_clip_weights(backbone: Backbone, pretrained: str, quick_gelu: bool) -> 
         )
     try:
         clip = open_clip.create_model(CLIP_MODEL, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    except pickle.UnpicklingError as error:  # torch's weights-only loader met more than tensors
+        raise PretrainedWeightsError(
+            f"CLIP weights file {pretrained!r} (catalog key model.pretrained) is a pickle that holds more than "
+            f"tensors: refused, since loading it could run code. Use open_clip's safetensors weights "
+            f"(open_clip_model.safetensors from https://huggingface.co/timm/vit_base_patch16_clip_224.openai)"
+        ) from error
     except Exception as error:
         where = "download" if is_tag else "read"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PretrainedWeightsError(
-            f"could not {where} CLIP {CLIP_MODEL} weights {pretrained!r} (catalog key model.pretrained): {error}. "
+            f"could not {where} CLIP {CLIP_MODEL} weights {pretrained!r} (catalog key model.pretrained): {reason}. "
             f"Download the weights by hand (e.g. open_clip_model.safetensors from "
             f"https://huggingface.co/timm/vit_base_patch16_clip_224.openai) and set model.pretrained to the file's path"
         ) from error

@@ -31,6 +31,7 @@ from models.registry import build_model
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 1 << 20  # config.json: normalisation, class table, params; a larger one is refused (written or read)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -68,6 +69,10 @@ def save_checkpoint(
         "versions": _versions(),
     }
     config_text = json.dumps(config, indent=2, sort_keys=True, default=_json_path)  # fails early on non-JSON metadata
+    if len(config_text) > MAX_CONFIG_BYTES:
+        raise CheckpointFormatError(
+            target, f"{CONFIG_FILE} would be {len(config_text)} bytes, more than {MAX_CONFIG_BYTES}: params or metadata too large"
+        )
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"cannot write a checkpoint to {target}: a file of that name exists")
@@ -91,6 +96,9 @@ def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointFormatError(path, f"{WEIGHTS_FILE} is missing")
     if not config_path.is_file():
         raise CheckpointFormatError(path, f"{CONFIG_FILE} is missing")
+    size = config_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointFormatError(path, f"{CONFIG_FILE} is {size} bytes, more than {MAX_CONFIG_BYTES}")
     try:
         config = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -20,39 +20,29 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pipeline
+from pipeline.cli import configure_logging, failure_line, guarded
 from pipeline.config.catalog import Catalog, Scene, load_catalog
-from pipeline.config.errors import PipelineError
-from pipeline.files import (
-    write_json,
-)
+from pipeline.files import write_json
+from pipeline.locks import scene_lock
 
 log = logging.getLogger(__name__)
 
 WORK_FOLDER = "_work"
 STATE_FILE = ".batch-state.json"
-LOCK_FILE = ".lock"
 LOG_FILE = "batch-log.jsonl"
 
 Status = Literal["done", "skipped", "failed"]
-
-
-class SceneLocked(PipelineError):
-    """Another job holds the lock of a scene's output folder."""
 
 
 @dataclass
@@ -116,28 +106,6 @@ def is_up_to_date(state: dict[str, Any] | None, key: str) -> bool:
 # --------------------------------------------------------------------------- locking and logging
 
 
-@contextmanager
-def scene_lock(scene_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``scene_dir/.lock`` (non-blocking: raises SceneLocked when held).
-
-    ``flock`` locks are released by the kernel when the holder exits, so a killed job never leaves
-    a stale lock behind.
-    """
-    scene_dir.mkdir(parents=True, exist_ok=True)
-    path = scene_dir / LOCK_FILE
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise SceneLocked(f"{scene_dir}: locked by another job ({path})") from None
-            raise
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def append_log(path: Path, outcome: SceneOutcome) -> None:
     """Append one JSON line; a single ``write`` on an O_APPEND file, so concurrent jobs do not interleave."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +130,15 @@ def work_catalog(catalog: Catalog, root: Path) -> Catalog:
     copy.output.folder = root / WORK_FOLDER
     copy.path = catalog.path
     return copy
+
+
+def job_error(exc: Exception) -> str:
+    """The log's line for a failed job: the error for an anticipated failure; the traceback too for a bug."""
+    line = failure_line(exc)
+    if line is not None:
+        return f"{type(exc).__name__}: {line.removeprefix('error: ')}"
+    log.error("unexpected failure (a bug in the pipeline: please report it with this traceback)", exc_info=exc)
+    return f"{type(exc).__name__}: {exc} (unexpected: a bug in the pipeline, traceback in the log)"
 
 
 def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: bool = False,
@@ -192,7 +169,7 @@ def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: 
                 outcome.status, outcome.outputs = "done", outputs
                 log.info("scene %s done: %s", scene.name, export_dir)
     except Exception as exc:  # one failing scene must not stop the others; the error goes to the log
-        outcome.error = f"{type(exc).__name__}: {exc}"
+        outcome.error = job_error(exc)
         log.error("scene %s failed: %s", scene.name, outcome.error)
     outcome.seconds = round(time.perf_counter() - started, 3)
     return outcome
@@ -218,7 +195,7 @@ def run_batch(catalog_paths: list[Path], output: Path | None = None, date: str |
             catalog = load_catalog(path)
         except Exception as exc:  # a bad catalog is a failure of that catalog only
             outcome = SceneOutcome(_now(), str(Path(path).resolve()), None, "failed",
-                                   round(time.perf_counter() - started, 3), error=f"{type(exc).__name__}: {exc}", date=date)
+                                   round(time.perf_counter() - started, 3), error=job_error(exc), date=date)
             log.error("catalog %s failed: %s", path, outcome.error)
             append_log(log_file or Path.cwd() / LOG_FILE, outcome)
             outcomes.append(outcome)
@@ -256,11 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.catalogs if not p.is_file()]
     if missing:
         parser.error(f"no such catalog file: {', '.join(missing)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    outcomes = run_batch(args.catalogs, args.output, args.date, args.force, args.progress, args.log)
-    for o in outcomes:
-        print(f"{o.status:7s} {o.scene or '-'} ({o.catalog}) {o.seconds:.1f} s" + (f": {o.error}" if o.error else ""))
-    return exit_status(outcomes)
+    configure_logging(with_time=True)
+
+    def body() -> int:
+        outcomes = run_batch(args.catalogs, args.output, args.date, args.force, args.progress, args.log)
+        for o in outcomes:
+            print(f"{o.status:7s} {o.scene or '-'} ({o.catalog}) {o.seconds:.1f} s" + (f": {o.error}" if o.error else ""))
+        return exit_status(outcomes)
+
+    return guarded(body)
 
 
 if __name__ == "__main__":

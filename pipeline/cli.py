@@ -7,6 +7,7 @@ and exits 1; anything else prints its traceback and says it is a bug.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import traceback
@@ -36,22 +37,49 @@ def open_catalog(path: str | Path) -> Catalog:
     return catalog
 
 
+def failure_line(exc: BaseException) -> str | None:
+    """The one ``error:`` line of an anticipated failure, or None for an unexpected one (a bug).
+
+    Anticipated: the pipeline's typed errors; the checkpoint and weights errors of ``models``; and
+    operating-system errors (no space left, no permission, a missing file), named by their file.
+    """
+    models = sys.modules.get("models")  # not imported: none of its errors can have been raised (and torch stays unloaded)
+    model_errors: tuple[type[BaseException], ...] = () if models is None else (
+        models.CheckpointFormatError, models.CheckpointMismatchError,
+        models.PretrainedWeightsError, models.PretrainedWeightsNotFoundError)
+    if isinstance(exc, (PipelineError, *model_errors)):
+        return f"error: {exc}"
+    if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _DISK_ERRNOS):
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        hint = _DISK_ERRNOS.get(exc.errno or 0, "")
+        return f"error: {where}{exc.strerror or exc}{hint}"
+    return None
+
+
+_DISK_ERRNOS = {
+    errno.ENOSPC: " (free some space or point output.folder / --output at another disk)",
+    errno.EDQUOT: " (disk quota exceeded: free some space or point output.folder / --output elsewhere)",
+    errno.EACCES: " (no permission: fix the folder's permissions or point output.folder / --output elsewhere)",
+    errno.EROFS: " (read-only file system: point output.folder / --output elsewhere)",
+}
+
+
 def guarded(body: Callable[[], int], expected: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's body: anticipated failures become one ``error:`` line and exit status 1.
 
-    ``expected`` adds exception types a command anticipates besides :class:`PipelineError`
-    (e.g. ``ValueError`` from parsing an option).
+    ``expected`` adds exception types a command anticipates besides those of :func:`failure_line`
+    (e.g. ``ValueError`` from parsing an option). Anything else prints its traceback and says it is
+    a bug.
     """
     try:
         return body()
-    except (PipelineError, *expected) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:  # noqa: BLE001 - the one place an unexpected error is reported
-        traceback.print_exc()
-        print("error: an unexpected failure (a bug in the pipeline): please report it with the traceback above",
-              file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the one place a failure is reported
+        line = failure_line(exc) or (f"error: {exc}" if isinstance(exc, expected) else None)
+        if line is None:
+            traceback.print_exc()
+            line = "error: an unexpected failure (a bug in the pipeline): please report it with the traceback above"
+        print(line, file=sys.stderr)
         return EXIT_FAILED

@@ -25,6 +25,8 @@ from pydantic import (
 )
 
 from pipeline.config.errors import CatalogError
+from pipeline.config.limits import MAX_CATALOG_BYTES, MAX_CATALOG_NODES, expanded_nodes
+from pipeline.config.params import check_model_params
 
 ModalityKind = Literal["hs", "lidar", "sar", "msi"]
 SourceFormat = Literal["geotiff", "envi", "mat", "zarr"]
@@ -325,6 +327,8 @@ class Cluster(_Section):
     threads_per_worker: int = Field(default=1, ge=1)
     gpu: Literal["auto", "required", "never"] = "auto"
     memory_limit: str | None = None
+    listen: str = Field(default="127.0.0.1", description="address the local cluster's scheduler, workers and "
+                        "dashboard listen on; 0.0.0.0 exposes them to the network")
 
 
 class Catalog(_Section):
@@ -413,9 +417,12 @@ def parse_catalog(data: Any, path: Path | None = None) -> Catalog:
         else:
             expected = err["msg"].removeprefix("Value error, ")  # our validators word what they expect
         found = err.get("input")
-        found_text = "" if err["type"] in ("missing",) else repr(found)[:200]
+        # A section-level problem (a scene, a modality) is named by its key; its whole content is no help.
+        quiet = err["type"] == "missing" or isinstance(found, (dict, list))
+        found_text = "" if quiet else repr(found)[:200]
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise CatalogError(path, key, expected + more, found_text) from None
+    check_model_params(catalog.model.method, catalog.model.params, path)
     base = path.parent.resolve() if path is not None else Path.cwd()
     _resolve_paths(catalog, base)
     catalog.path = path.resolve() if path is not None else None
@@ -428,7 +435,15 @@ def load_catalog(path: str | Path) -> Catalog:
     if not path.is_file():
         raise CatalogError(path, "(file)", "an existing YAML catalog file", "no such file")
     try:
+        size = path.stat().st_size
+        if size > MAX_CATALOG_BYTES:
+            raise CatalogError(path, "(file)", f"a catalog of at most {MAX_CATALOG_BYTES} bytes", f"{size} bytes")
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise CatalogError(path, "(syntax)", "valid YAML", str(exc).replace("\n", " ")) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(path, "(file)", "a readable UTF-8 YAML file", str(exc)) from None
+    if expanded_nodes(data, MAX_CATALOG_NODES) > MAX_CATALOG_NODES:
+        raise CatalogError(path, "(top level)", f"at most {MAX_CATALOG_NODES} values with YAML aliases expanded "
+                           "(an alias bomb?)", "more")
     return parse_catalog(data, path)

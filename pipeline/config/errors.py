@@ -48,5 +48,9 @@ class CheckpointError(InputError):
     """A checkpoint is missing, corrupt, a pickle, or does not match the scene."""
 
 
+class OutputError(InputError):
+    """An output cannot be written (no space left, no permission); ``file`` names what was being written."""
+
+
 class ClusterError(PipelineError):
     """The Dask cluster cannot run the work (scheduler unreachable, no GPU worker)."""

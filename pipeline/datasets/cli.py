@@ -7,11 +7,10 @@ and where to put it), 2 wrong usage.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config.errors import PipelineError
+from pipeline.cli import guarded
 from pipeline.datasets.fetch import (
     FileState,
     dataset_dir,
@@ -38,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mirror", default=None, metavar="URL_BASE", help="fetch <URL_BASE>/<file name> instead of the public mirrors"
     )
     fetch.add_argument("--timeout", type=float, default=30.0, help="seconds a connection or read may block")
+    fetch.add_argument("--allow-unverified", action="store_true",
+                       help="also install files the registry has no sha256 for (their content cannot be checked)")
 
     listing = commands.add_parser("list", help="datasets, their files and whether each is present and verified")
     listing.add_argument("name", nargs="?", choices=sorted(DATASETS))
@@ -71,7 +72,8 @@ def _list(names: Sequence[str], root: Path | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (argparse exits with 2 on wrong usage)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.command == "list":
             _list([args.name] if args.name else list(DATASETS), args.dest)
         else:
@@ -81,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.dest,
                 mirror=args.mirror,
                 timeout=args.timeout,
+                allow_unverified=args.allow_unverified,
                 on_file=lambda state: print(_describe(state), flush=True),
             )
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return guarded(body)

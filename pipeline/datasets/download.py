@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
 import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -48,6 +50,48 @@ class _TransferFailed(Exception):
         self.reason = reason
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_problem(url: str, allowed_hosts: Collection[str] | None = None) -> str | None:
+    """Why ``url`` may not be fetched, or None: https only (plain http to loopback, for tests), and,
+    when ``allowed_hosts`` is given, only from those hosts (the registered mirrors')."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "http" and not _is_loopback(host):
+        return "plain http is refused (https only; http only on loopback)"
+    if parts.scheme not in ("https", "http"):
+        return f"scheme {parts.scheme or '(none)'!r} is refused (https only)"
+    if allowed_hosts is not None and host not in {h.lower() for h in allowed_hosts}:
+        return f"host {host!r} is not one of the registered mirrors ({', '.join(sorted(allowed_hosts))})"
+    return None
+
+
+def url_hosts(urls: Sequence[str]) -> set[str]:
+    """The host names of ``urls``."""
+    return {(urllib.parse.urlsplit(u).hostname or "").lower() for u in urls}
+
+
+class _MirrorRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an allowed host over an allowed scheme (see :func:`url_problem`)."""
+
+    def __init__(self, allowed_hosts: Collection[str]) -> None:
+        self.allowed_hosts = allowed_hosts
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]  # urllib's signature
+        problem = url_problem(newurl, self.allowed_hosts)
+        if problem is not None:
+            fp.close()
+            raise _TransferFailed(f"redirect to {newurl} refused: {problem}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -67,14 +111,16 @@ def _content_range_start(header: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _transfer(url: str, part: Path, *, timeout: float, size: int | None, progress: bool, label: str) -> None:
+def _transfer(url: str, part: Path, *, timeout: float, size: int | None, progress: bool, label: str,
+              allowed_hosts: Collection[str]) -> None:
     """One request: fetch what ``part`` lacks and append it (or rewrite it when the server ignores Range)."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    opener = urllib.request.build_opener(_MirrorRedirects(allowed_hosts))
+    with opener.open(request, timeout=timeout) as response:
         status = response.status
         if status == 206 and _content_range_start(response.headers.get("Content-Range")) == offset:
             mode = "ab"
@@ -130,6 +176,7 @@ def _download_from(
     size: int | None,
     progress: bool,
     label: str,
+    allowed_hosts: Collection[str],
 ) -> str:
     """Bring ``part`` to a complete, verified copy from ``url``; return its sha256 or raise _TransferFailed.
 
@@ -143,7 +190,7 @@ def _download_from(
     while True:
         before = part.stat().st_size if part.exists() else 0
         try:
-            _transfer(url, part, timeout=timeout, size=size, progress=progress, label=label)
+            _transfer(url, part, timeout=timeout, size=size, progress=progress, label=label, allowed_hosts=allowed_hosts)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code != 416 or not part.exists():  # 416: nothing after our offset, the .part is whole
@@ -178,8 +225,12 @@ def download_file(
     timeout: float = 30.0,
     retries: int = 3,
     progress: bool = True,
+    allowed_hosts: Collection[str] | None = None,
 ) -> str:
     """Download ``dest`` from the first of ``urls`` that delivers it intact; return its sha256.
+
+    Only https URLs are fetched (plain http only from loopback, for tests), and a redirect is
+    followed only to one of ``allowed_hosts`` (default: the hosts of ``urls``).
 
     Args:
         urls: mirrors, tried in order.
@@ -189,13 +240,19 @@ def download_file(
         timeout: seconds a connection or a read may block.
         retries: resumptions per mirror after a dropped connection.
         progress: show a tqdm bar on stderr (when stderr is a terminal).
+        allowed_hosts: hosts a redirect may lead to.
 
     Raises:
         DownloadError: no mirror delivered the file; it names each URL and why it failed.
     """
     part = part_path(dest)
     failures: dict[str, str] = {}
+    hosts = set(allowed_hosts) if allowed_hosts is not None else url_hosts(urls)
     for url in urls:
+        problem = url_problem(url, hosts)
+        if problem is not None:
+            failures[url] = f"refused: {problem}"
+            continue
         try:
             found = _download_from(
                 url,
@@ -206,6 +263,7 @@ def download_file(
                 size=size,
                 progress=progress,
                 label=dest.name,
+                allowed_hosts=hosts,
             )
         except _TransferFailed as exc:
             failures[url] = exc.reason

@@ -12,6 +12,7 @@ from pipeline.datasets.download import (
     download_file,
     part_path,
     sha256_of,
+    url_hosts,
 )
 from pipeline.datasets.registry import Dataset, DatasetFile, get_dataset
 
@@ -69,6 +70,12 @@ def mirror_url(base: str, file: DatasetFile) -> str:
     return f"{base.rstrip('/')}/{urllib.parse.quote(file.name)}"
 
 
+def mirror_hosts(dataset: Dataset, mirror: str | None = None) -> set[str]:
+    """Hosts a download of ``dataset`` may be redirected to: its registered mirrors' (and ``mirror``'s)."""
+    urls = [url for file in dataset.files for url in file.urls] + ([mirror] if mirror else [])
+    return url_hosts(urls)
+
+
 def fetch_dataset(
     dataset: Dataset | str,
     root: Path | None = None,
@@ -77,6 +84,7 @@ def fetch_dataset(
     timeout: float = 30.0,
     retries: int = 3,
     progress: bool = True,
+    allow_unverified: bool = False,
     on_file: Callable[[FileState], None] | None = None,
 ) -> list[FileState]:
     """Download every file of ``dataset`` that is not already in place, verified, under ``<root>/data/<name>/``.
@@ -88,6 +96,8 @@ def fetch_dataset(
         timeout: seconds a connection or a read may block.
         retries: resumptions per mirror after a dropped connection.
         progress: tqdm progress bars on stderr.
+        allow_unverified: also download files the registry knows no sha256 for; without it they are
+            refused (their content cannot be checked).
         on_file: called with each file's state as soon as it is settled.
 
     Returns:
@@ -100,6 +110,7 @@ def fetch_dataset(
     dataset = get_dataset(dataset) if isinstance(dataset, str) else dataset
     settled: list[FileState] = []
     failed: list[tuple[DatasetFile, Path, dict[str, str]]] = []
+    hosts = mirror_hosts(dataset, mirror)
     for file in dataset.files:
         current = file_state(dataset, file, root)
         if current.state in ("verified", "unverified"):
@@ -108,6 +119,10 @@ def fetch_dataset(
             urls = (mirror_url(mirror, file),) if mirror else file.urls
             if not urls:
                 failed.append((file, current.path, {}))
+                continue
+            if not file.accepted_sha256 and not allow_unverified:
+                refused = "refused: the registry has no sha256 for this file (pass --allow-unverified to install it unchecked)"
+                failed.append((file, current.path, dict.fromkeys(urls, refused)))
                 continue
             try:
                 found = download_file(
@@ -118,6 +133,7 @@ def fetch_dataset(
                     timeout=timeout,
                     retries=retries,
                     progress=progress,
+                    allowed_hosts=hosts,
                 )
             except DownloadError as exc:
                 failed.append((file, current.path, exc.failures))

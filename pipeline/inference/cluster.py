@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Iterator
@@ -15,16 +16,37 @@ from pipeline.config.errors import ClusterError
 log = logging.getLogger(__name__)
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def default_workers() -> int:
     return 1
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @contextmanager
-def dask_client(cfg: Cluster, scheduler: str | None = None, workers: int | None = None, timeout: float = 10.0) -> Iterator[Client]:
+def dask_client(cfg: Cluster, scheduler: str | None = None, workers: int | None = None, timeout: float = 10.0,
+                listen: str | None = None) -> Iterator[Client]:
     """A client on the scheduler named by ``scheduler`` (or the catalog), else on a new LocalCluster.
 
     A LocalCluster gets ``workers`` processes (default: the catalog's, else one
     worker whose torch uses every core), each with ``cfg.threads_per_worker`` threads.
+    Its scheduler, workers, nannies and dashboard listen on ``listen`` (default:
+    ``cluster.listen``, itself 127.0.0.1 by default), so nothing is reachable from the
+    network unless the user asks; a non-loopback address is logged as a warning.
     """
     address = scheduler or cfg.scheduler
     if address:
@@ -42,16 +64,24 @@ def dask_client(cfg: Cluster, scheduler: str | None = None, workers: int | None 
     kwargs = {}
     if cfg.memory_limit:
         kwargs["memory_limit"] = cfg.memory_limit
+    host = listen or cfg.listen
     cluster = LocalCluster(
         n_workers=n,
         threads_per_worker=cfg.threads_per_worker,
         processes=True,
-        dashboard_address=":0",
+        host=host,
+        dashboard_address=_host_port(host, 0),
+        worker_dashboard_address=None,
         silence_logs=logging.WARNING,
         **kwargs,
     )
     client = Client(cluster)
-    log.info("local Dask cluster: %d worker(s); dashboard %s", n, client.dashboard_link)
+    dashboard = _host_port(host, cluster.scheduler.http_server.port)
+    if is_loopback(host):
+        log.info("local Dask cluster: %d worker(s) on %s; dashboard %s", n, cluster.scheduler.address, client.dashboard_link)
+    else:
+        log.warning("local Dask cluster: %d worker(s) listening on %s (reachable from the network): scheduler %s, "
+                    "dashboard http://%s/status", n, host, cluster.scheduler.address, dashboard)
     try:
         yield client
     finally:

@@ -22,6 +22,7 @@ from models import checkpoint_hash
 from pipeline.config.errors import ClusterError
 from pipeline.inference.classify import TileTask, process_tile
 from pipeline.inference.cluster import workers_with_resource
+from pipeline.inference.compatibility import check_checkpoint_fits
 from pipeline.inference.map_store import (
     finalise_map_store,
     prepare_map_store,
@@ -48,6 +49,16 @@ class MapResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: plan (tiling, map store), tiles, mosaic
 
 
+def current_run_key(scene: xr.Dataset, ckpt_hash: str, tile_size: int, precision: str) -> str:
+    """The key a finished map store of this scene, checkpoint (by hash), tile size and precision carries."""
+    return run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision)
+
+
+def map_is_current(scene_store: Path, checkpoint: Path, map_store: Path, tile_size: int, precision: str = "auto") -> bool:
+    """Whether ``map_store`` is already the finished map of this run (then no cluster is needed)."""
+    return read_run_key(map_store) == current_run_key(xr.open_zarr(scene_store), checkpoint_hash(checkpoint), tile_size, precision)
+
+
 def map_scene(
     client: Client,
     scene_store: Path,
@@ -60,11 +71,16 @@ def map_scene(
     torch_threads: int | None = None,
     progress: bool = True,
 ) -> MapResult:
-    """Classify every tile of ``scene_store`` into ``map_store`` (resuming a partial run)."""
+    """Classify every tile of ``scene_store`` into ``map_store`` (resuming a partial run).
+
+    The checkpoint is checked against the scene store (modalities, bands, class table) before any
+    tile is submitted: a mismatch is a :class:`~pipeline.config.errors.CheckpointError`.
+    """
     started = time.perf_counter()
     scene = xr.open_zarr(scene_store)
+    check_checkpoint_fits(checkpoint, scene, scene_store)
     ckpt_hash = checkpoint_hash(checkpoint)
-    key = run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision)
+    key = current_run_key(scene, ckpt_hash, tile_size, precision)
     tiles = tile_windows(scene.sizes["y"], scene.sizes["x"], tile_size)
     if read_run_key(map_store) == key:
         log.info("map %s is up to date; nothing to classify", map_store)

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import build_model
 from pipeline.config.catalog import Catalog, Protocol
 from pipeline.data.patches import gather_patches
 from pipeline.files import (
@@ -35,6 +34,7 @@ from pipeline.learn.protocols import (
     protocol_availability,
 )
 from pipeline.learn.training import (
+    build_catalog_model,
     fit,
     predict,
     prepare_training_data,
@@ -159,7 +159,7 @@ def evaluate(
                 config = data.config
                 config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
                 torch.manual_seed(seed)
-                model = build_model(config)
+                model = build_catalog_model(config, catalog.path)
                 t0 = time.perf_counter()
                 history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
                               split.val_targets, catalog.training, seed, progress)

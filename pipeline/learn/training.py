@@ -23,7 +23,13 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from models import ModelConfig, build_model, save_checkpoint
+from models import (
+    ModelConfig,
+    PretrainedWeightsError,
+    PretrainedWeightsNotFoundError,
+    build_model,
+    save_checkpoint,
+)
 from models.base import MissingModalityClassifier
 from pipeline.config.catalog import Catalog, Protocol, Scene
 from pipeline.config.errors import InputError
@@ -43,6 +49,15 @@ class TrainResult:
     seconds: float
     split_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_catalog_model(config: ModelConfig, catalog_file: Path | None) -> MissingModalityClassifier:
+    """``build_model(config)``; CLIP weights that cannot be read become an :class:`InputError` on ``model.pretrained``."""
+    try:
+        return build_model(config)
+    except (PretrainedWeightsError, PretrainedWeightsNotFoundError) as exc:
+        raise InputError(catalog_file, "model.pretrained", "a readable CLIP ViT-B-16 weights file or open_clip tag",
+                         str(exc)) from None
 
 
 def default_checkpoint_dir(catalog: Catalog, scene: Scene, method: str) -> Path:
@@ -287,7 +302,7 @@ def train(
     val_avail = simulated_availability(protocol, data.val_real, modalities, seed + 1)
 
     torch.manual_seed(seed)
-    model = build_model(config)
+    model = build_catalog_model(config, catalog.path)
     log.info("training %s on %d pixels (%d validation), %d classes", config.method, len(split.train_rows), len(split.val_rows), config.num_classes)
     history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress)
 

@@ -136,3 +136,16 @@ def test_modality_or_band_mismatch_is_refused(tmp_path, make_config):
     message = str(info.value)
     assert str(path) in message and "'hs': 63" in message and "[144, 2]" in message
     assert isinstance(info.value, ValueError) and info.value.path == path
+
+
+def test_config_json_size_is_bounded_when_written_and_read(tmp_path, make_config):
+    model = build_model(make_config("baseline"))
+    with pytest.raises(CheckpointFormatError, match="more than 1048576"):
+        save_checkpoint(model, tmp_path / "big", metadata={"blob": ["x" * 100] * 20_000})
+    assert not (tmp_path / "big").exists()
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    config["metadata"]["blob"] = "x" * (1 << 20)
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointFormatError, match=r"config.json is \d+ bytes, more than 1048576"):
+        load_checkpoint(path)

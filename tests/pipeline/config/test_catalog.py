@@ -115,3 +115,73 @@ def test_batch_pixels_auto_is_decided_per_device(tmp_path: Path) -> None:
     assert resolved_batch_pixels("auto", torch.device("cpu")) == 256
     assert resolved_batch_pixels("auto", torch.device("cuda")) == 4096
     assert resolved_batch_pixels(512, torch.device("cuda")) == 512
+
+
+@pytest.mark.parametrize(
+    ("params", "key", "expected"),
+    [
+        ({"lora_rnak": 4}, "model.params.lora_rnak", "a parameter of mamol"),
+        ({"lora_rank": "eight"}, "model.params.lora_rank", "a number"),
+        ({"use_dynamic": 1}, "model.params.use_dynamic", "true or false"),
+        ({"expert_layers": 3}, "model.params.expert_layers", "a string"),
+        ({"text_preset": ["a", "b"]}, "model.params.text_preset", "a number, a string"),  # lvpcnet's key, not a list
+    ],
+)
+def test_model_params_are_checked_against_the_registered_methods(tmp_path: Path, params, key: str, expected: str) -> None:
+    data = minimal()
+    data["model"] = {"method": "mamol", "params": params}
+    with pytest.raises(CatalogError) as err:
+        load_catalog(write(tmp_path, data))
+    assert str(err.value).startswith(f"{tmp_path / 'cat.yaml'}: {key}: expected {expected}")
+
+
+def test_model_params_of_another_method_are_accepted(tmp_path: Path) -> None:
+    data = minimal()
+    data["model"] = {"method": "mamol", "params": {"lora_rank": 4, "mask_prob": 0.3, "text_seed": 1, "lora_alpha": 8.0}}
+    assert load_catalog(write(tmp_path, data)).model.params["mask_prob"] == 0.3
+
+
+def test_an_unknown_method_is_a_catalog_error(tmp_path: Path) -> None:
+    data = minimal()
+    data["model"] = {"method": "mamoll"}
+    with pytest.raises(CatalogError, match=r": model\.method: expected a registered method"):
+        load_catalog(write(tmp_path, data))
+
+
+BOMB = """
+a: &a [x, x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """10^7 leaves from a few lines: refused before anything walks or serialises them."""
+    path = tmp_path / "cat.yaml"
+    path.write_text(BOMB + yaml.safe_dump(minimal()))
+    with pytest.raises(CatalogError, match=r": \(top level\): expected at most 200000 values"):
+        load_catalog(path)
+
+
+def test_an_alias_bomb_under_model_params_is_refused(tmp_path: Path) -> None:
+    """A few thousand values under another method's key would be written into every checkpoint's config.json."""
+    text = yaml.safe_dump(minimal()) + "model:\n  method: mamol\n  params:\n    text_preset: " + \
+        "&a [x, x, x, x, x, x, x, x, x, x]\n    mask_prob: [" + ", ".join(["*a"] * 200) + "]\n"
+    path = tmp_path / "cat.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogError, match=r": model\.params: expected at most 1000 values"):
+        load_catalog(path)
+
+
+def test_a_scene_level_error_names_the_scene_without_dumping_it(tmp_path: Path) -> None:
+    data = minimal()
+    data["scenes"][0]["grid"] = {"from_modality": "nope"}
+    with pytest.raises(CatalogError) as err:
+        load_catalog(write(tmp_path, data))
+    message = str(err.value)
+    assert ": scenes['s']: expected grid.from_modality 'nope'" in message
+    assert "found" not in message and "modalities" not in message.split("expected")[0]

@@ -54,6 +54,7 @@ class ServerState:
     html: set[str] = field(default_factory=set)  # answered with an HTML page
     drop_after: dict[str, int] = field(default_factory=dict)  # first request: close after N body bytes
     ignore_range: bool = False  # answer 200 with the whole file, as servers without Range support do
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> Location of a 302 answer
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -77,6 +78,12 @@ class RangeHandler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append((self.path, range_header))
             drop = self.state.drop_after.pop(name, None)
+        if name in self.state.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.state.redirects[name])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = self.state.files.get(name)
         if body is None:
             self.send_error(404)
@@ -299,13 +306,47 @@ def test_html_page_instead_of_the_file_is_rejected(tmp_path, fixture_files, serv
     assert not (tmp_path / file.name).exists() and not part_path(tmp_path / file.name).exists()
 
 
-def test_file_without_known_checksum_is_kept_and_reported_unverified(tmp_path, fixture_files, server):
+def test_file_without_known_checksum_is_refused_unless_allowed(tmp_path, fixture_files, server):
     dataset, bodies = fixture_files
-    base, _ = server
+    base, state = server
     unknown = replace(dataset, files=tuple(replace(f, sha256=None, alt_sha256=()) for f in dataset.files))
-    results = fetch_dataset(unknown, tmp_path, mirror=base, timeout=TIMEOUT, progress=False)
+    with pytest.raises(DownloadError, match="no sha256 for this file.*--allow-unverified"):
+        fetch_dataset(unknown, tmp_path, mirror=base, timeout=TIMEOUT, progress=False)
+    assert not (tmp_path / "data").exists() and state.requests == []  # nothing was even requested
+    results = fetch_dataset(unknown, tmp_path, mirror=base, timeout=TIMEOUT, progress=False, allow_unverified=True)
     assert [r.state for r in results] == ["unverified"] * len(bodies)
     assert [r.sha256 for r in results] == [hashlib.sha256(bodies[f.name]).hexdigest() for f in dataset.files]
+
+
+def test_plain_http_is_refused_except_on_loopback(tmp_path, fixture_files, server):
+    dataset, bodies = fixture_files
+    base, _ = server
+    file = dataset.files[0]
+    with pytest.raises(DownloadError, match="plain http is refused"):
+        download_file([f"http://example.invalid/{file.name}"], tmp_path / file.name, file.accepted_sha256, timeout=TIMEOUT,
+                      progress=False)
+    with pytest.raises(DownloadError, match="scheme 'ftp' is refused"):
+        download_file([f"ftp://example.invalid/{file.name}"], tmp_path / file.name, file.accepted_sha256, timeout=TIMEOUT,
+                      progress=False)
+    download_file([f"{base}/{file.name}"], tmp_path / file.name, file.accepted_sha256, timeout=TIMEOUT, progress=False)
+    assert (tmp_path / file.name).read_bytes() == bodies[file.name]
+
+
+def test_redirects_are_followed_only_to_the_registered_mirrors(tmp_path, fixture_files, server):
+    dataset, bodies = fixture_files
+    base, state = server
+    file = dataset.files[0]
+    port = base.rsplit(":", 1)[1]
+    state.redirects["moved"] = f"http://127.0.0.1:{port}/{file.name}"  # same host: followed
+    download_file([f"{base}/moved"], tmp_path / file.name, file.accepted_sha256, timeout=TIMEOUT, progress=False)
+    assert (tmp_path / file.name).read_bytes() == bodies[file.name]
+
+    (tmp_path / file.name).unlink()
+    state.redirects["elsewhere"] = f"http://localhost:{port}/{file.name}"  # another host name: refused
+    with pytest.raises(DownloadError, match="redirect to http://localhost:.* refused: host 'localhost' is not one of"):
+        download_file([f"{base}/elsewhere"], tmp_path / file.name, file.accepted_sha256, timeout=TIMEOUT, progress=False)
+    assert not (tmp_path / file.name).exists() and not part_path(tmp_path / file.name).exists()
+    assert (f"/{file.name}", None) not in state.requests[2:]  # the refused target was never asked
 
 
 def test_registry_is_well_formed():

@@ -1,0 +1,69 @@
+"""``model.params`` checked when the catalog is read, against the vocabularies of the registered methods.
+
+A method's ``default_params`` (in ``models/``) are its vocabulary: a key no registered method knows
+is a misspelling; a key of another method is allowed (one catalog serves every method an evaluation
+compares) and ignored by the chosen one. A value must have the type of the key's default (any number
+for a numeric default; any plain value where every default is ``None``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config.errors import CatalogError
+from pipeline.config.limits import MAX_PARAMS_BYTES, MAX_PARAMS_NODES, expanded_nodes
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def method_vocabularies() -> dict[str, dict[str, Any]]:
+    """``{method: default_params}`` of every registered method."""
+    from models import available_methods, method_class
+
+    return {name: dict(getattr(method_class(name), "default_params", None) or {}) for name in available_methods()}
+
+
+def _expected_type(defaults: list[Any]) -> tuple[str, tuple[type, ...]]:
+    """What a value must be, from the defaults the methods give the key."""
+    typed = [d for d in defaults if d is not None]
+    if not typed:
+        return "a number, a string, true/false or null", _SCALARS
+    first = typed[0]
+    if isinstance(first, bool):
+        return "true or false", (bool,)
+    if isinstance(first, (int, float)):
+        return "a number", (int, float)
+    if isinstance(first, str):
+        return "a string", (str,)
+    return f"a {type(first).__name__}", (type(first),)
+
+
+def check_model_params(method: str, params: dict[str, Any], catalog_file: Path | None) -> None:
+    """Raise :class:`CatalogError` naming ``model.params.<key>`` for an unknown key or a wrong type."""
+    vocabularies = method_vocabularies()
+    if method not in vocabularies:
+        raise CatalogError(catalog_file, "model.method", f"a registered method ({', '.join(sorted(vocabularies))})", repr(method))
+    if expanded_nodes(params, MAX_PARAMS_NODES) > MAX_PARAMS_NODES:
+        raise CatalogError(catalog_file, "model.params", f"at most {MAX_PARAMS_NODES} values (aliases expanded)", "more")
+    for key, value in params.items():
+        where = f"model.params.{key}"
+        defaults = [v[key] for v in vocabularies.values() if key in v]
+        if not defaults:
+            known = sorted(vocabularies[method])
+            raise CatalogError(catalog_file, where, f"a parameter of {method} ({', '.join(known)}) or of another "
+                               "registered method (misspelt or unknown)", repr(key))
+        wording, types = _expected_type(defaults)
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise CatalogError(catalog_file, where, wording, f"{type(value).__name__} {_short(value)}")
+        if value is None and types != _SCALARS and None not in defaults:
+            raise CatalogError(catalog_file, where, wording, "null")
+    size = len(json.dumps(params, default=str))
+    if size > MAX_PARAMS_BYTES:
+        raise CatalogError(catalog_file, "model.params", f"at most {MAX_PARAMS_BYTES} bytes as JSON", f"{size} bytes")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
