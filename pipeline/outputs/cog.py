@@ -110,7 +110,7 @@ def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
 def pattern_colors(num_modalities: int) -> dict[int, tuple[int, int, int, int]]:
     """A fixed colour per availability pattern code 1..2**M - 1; the complete pattern is always green."""
     def colours(name: str) -> list[tuple[float, ...]]:
-        return [tuple(c) for c in matplotlib.colormaps[name](range(matplotlib.colormaps[name].N))]
+        return [tuple(c[:3]) for c in matplotlib.colormaps[name](range(matplotlib.colormaps[name].N))]
 
     tab10 = colours("tab10")
     green = tab10.pop(2)

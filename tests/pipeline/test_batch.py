@@ -152,7 +152,7 @@ def test_a_locked_scene_fails_and_leaves_its_outputs_alone(tiny_files, tmp_path:
                 pass
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits and closes the pipe
     with scene_lock(out / "tiny"):  # released when the holder died
         pass
 

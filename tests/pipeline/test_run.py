@@ -127,7 +127,7 @@ def test_a_second_run_on_the_same_scene_fails_in_one_line_naming_the_lock(traine
                                 capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits and closes the pipe
     assert second.returncode == 1
     [line] = error_lines(second.stderr)
     assert str(out / "demo" / ".lock") in line and "locked by another job" in line
