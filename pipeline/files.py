@@ -4,6 +4,11 @@ One rule, used everywhere the pipeline writes an output: write under a temporary
 name beside the target (same folder, so the same filesystem), then move it into
 place with :func:`os.replace`. Temporary names start with ``.<name>.tmp-`` so that
 :func:`remove_stale_temporaries` can clean what a killed run left behind.
+
+The same helpers take a remote location (a URL, see :mod:`pipeline.storage`): a file
+is written to a local temporary and uploaded in one PUT (an object appears whole or
+not at all); a directory (a Zarr store) is written in place with its completion
+marker deleted first and written last.
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.storage import (
+    Location,
+    as_location,
+    filesystem,
+    is_remote,
+    mark_complete,
+    mark_incomplete,
+    remove_tree,
+    url,
+)
+
 TMP_MARK = ".tmp-"
 
 
@@ -26,9 +42,17 @@ def temporary_sibling(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed."""
-    target = Path(path)
+def atomic_file(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed.
+
+    For a remote ``path`` the temporary is local and is uploaded on success.
+    """
+    location = as_location(path)
+    if is_remote(location):
+        with _uploaded_file(location) as tmp:
+            yield tmp
+        return
+    target = Path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     try:
@@ -39,14 +63,25 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
             leftover.unlink(missing_ok=True)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
+@contextmanager
+def _uploaded_file(target: Location) -> Iterator[Path]:
+    """A local temporary file that becomes the object ``target`` in one upload when the block succeeds."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mmlc-upload-") as folder:
+        tmp = Path(folder) / target.name
+        yield tmp
+        filesystem(target).put_file(str(tmp), url(target))
+
+
+def write_text(path: str | os.PathLike[str] | Location, text: str) -> Location:
     """Write ``text`` to ``path`` atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
-    return Path(path)
+    return as_location(path)
 
 
-def write_json(path: str | os.PathLike[str], document: Any, indent: int | None = 2, allow_nan: bool = True) -> Path:
+def write_json(path: str | os.PathLike[str] | Location, document: Any, indent: int | None = 2, allow_nan: bool = True) -> Location:
     """Write ``document`` as JSON to ``path`` atomically (serialised before anything is written)."""
     return write_text(path, json.dumps(document, indent=indent, default=str, allow_nan=allow_nan) + "\n")
 
@@ -70,9 +105,25 @@ def replace_directory(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary directory to fill; on success it replaces ``path``, on failure it is removed."""
-    target = Path(path)
+def atomic_directory(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
+    """Yield an empty temporary directory to fill; on success it replaces ``path``, on failure it is removed.
+
+    For a remote ``path`` the directory is local; on success its files are uploaded under
+    ``path`` (after the old result's completion marker is deleted and its objects removed)
+    and the marker is written last.
+    """
+    location = as_location(path)
+    if is_remote(location):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mmlc-upload-") as folder:
+            staging = Path(folder) / location.name
+            staging.mkdir()
+            yield staging
+            with atomic_store(location):
+                filesystem(location).put(f"{staging}/", url(location), recursive=True)
+        return
+    target = Path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_sibling(target)
     staging.mkdir()
@@ -81,6 +132,25 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_store(path: str | os.PathLike[str] | Location) -> Iterator[Location]:
+    """Like :func:`atomic_directory`, for writers that speak URLs (Zarr): a remote store is written in place.
+
+    A local ``path`` gets a temporary directory moved into place. A remote ``path`` is yielded
+    itself, emptied after its completion marker is deleted; the marker is written when the block
+    succeeds, so a failed or killed write leaves a store that readers do not take as complete.
+    """
+    location = as_location(path)
+    if not is_remote(location):
+        with atomic_directory(location) as staging:
+            yield staging
+        return
+    mark_incomplete(location)
+    remove_tree(location)
+    yield location
+    mark_complete(location)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:

@@ -32,6 +32,15 @@ from pipeline.config.catalog import Catalog, Scene
 from pipeline.config.errors import CheckpointError, InputError
 from pipeline.data.store import map_store_path
 from pipeline.inference.cluster import dask_client, torch_threads_per_worker
+from pipeline.storage import (
+    Location,
+    as_location,
+    check_writable_location,
+    is_complete,
+    is_remote,
+    local_copy,
+    open_zarr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,13 @@ def training_hash(catalog: Catalog, scene_hash: str | None, method: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Location) -> None:
+    if is_remote(folder):  # an object store: credentials and permissions are checked by the first write
+        try:
+            check_writable_location(folder)
+        except ValueError as exc:
+            raise InputError(None, "output.folder", "a local folder or an object-store URL (s3://, gs://, az://)", str(exc)) from None
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
@@ -76,12 +91,13 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
     from pipeline.learn.training import default_checkpoint_dir, train
 
     if catalog.model.checkpoint is not None:
-        return catalog.model.checkpoint, verified_checkpoint(catalog.model.checkpoint, scene, ds, catalog), 0.0
+        local = local_copy(catalog.model.checkpoint)  # a URL is read from the local cache
+        return catalog.model.checkpoint, verified_checkpoint(local, scene, ds, catalog), 0.0
     folder = default_checkpoint_dir(catalog, scene, catalog.model.method)
     wanted = training_hash(catalog, ds.attrs.get("content_hash"), catalog.model.method)
-    if (folder / "config.json").exists():
+    if is_complete(folder) and (folder / "config.json").exists():
         try:
-            metadata = verified_checkpoint(folder, scene, ds, catalog)
+            metadata = verified_checkpoint(local_copy(folder), scene, ds, catalog)
             if metadata.get("training_hash") == wanted:
                 log.info("reusing checkpoint %s", folder)
                 return folder, metadata, 0.0
@@ -90,10 +106,10 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
     log.info("no checkpoint in the catalog: training %s", catalog.model.method)
     started = time.perf_counter()
     result = train(catalog, scene.name, progress=progress, extra_metadata={"training_hash": wanted})
-    return result.checkpoint, verified_checkpoint(result.checkpoint, scene, ds, catalog), time.perf_counter() - started
+    return result.checkpoint, verified_checkpoint(local_copy(result.checkpoint), scene, ds, catalog), time.perf_counter() - started
 
 
-def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
+def held_out_accuracy(ds: xr.Dataset, map_store: Location, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
     """Accuracy on labelled pixels that did not train or validate the model, read in row blocks."""
     from pipeline.learn.metrics import classification_summary
     from pipeline.learn.sampling import Split, class_index_lookup
@@ -112,7 +128,7 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadat
     if metadata.get("scene_hash") == ds.attrs.get("content_hash") and split_file.exists():
         used = Split.load(split_file).used_for_training(shape)
         excluded = True
-    mapped = xr.open_zarr(map_store, consolidated=False)
+    mapped = open_zarr(map_store, consolidated=False)
     truth_all, pred_all = [], []
     for r0 in range(0, shape[0], rows_per_block):
         sl = slice(r0, r0 + rows_per_block)
@@ -161,12 +177,12 @@ def run_scene(
     from pipeline.outputs.report import build_report, write_report, write_stac_item
 
     timings: dict[str, float] = {}
-    out_dir = Path(export_dir) if export_dir is not None else Path(catalog.output.folder) / scene.name
+    out_dir = as_location(export_dir) if export_dir is not None else as_location(catalog.output.folder) / scene.name
     check_writable(out_dir)
     t = time.perf_counter()
     store = ingest_scene(catalog, scene)
     timings["ingest"] = time.perf_counter() - t
-    ds = xr.open_zarr(store)
+    ds = open_zarr(store)
 
     notes: list[str] = []
     counts = ds["available"].sum(dim=("y", "x")).values
@@ -191,18 +207,19 @@ def run_scene(
     timings["classify"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    map_ds = xr.open_zarr(final_map, consolidated=False)
-    outputs: dict[str, Path] = {"map_store": final_map, "scene_store": store, "checkpoint": checkpoint}
+    map_ds = open_zarr(final_map, consolidated=False)
+    local_checkpoint = local_copy(checkpoint)  # the checkpoint itself, or its cached copy when it is a URL
+    outputs: dict[str, Location] = {"map_store": final_map, "scene_store": store, "checkpoint": checkpoint}
     formats = set(catalog.output.formats)
     if "cog" in formats:
         outputs["landcover"] = write_class_cog(map_ds, out_dir / "landcover.tif")
         outputs["confidence"] = write_confidence_cog(map_ds, out_dir / "confidence.tif")
         outputs["availability"] = write_pattern_cog(map_ds, out_dir / "availability.tif")
     if "png" in formats:
-        outputs["quicklook"] = write_quicklook(map_ds, out_dir / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(checkpoint)}")
+        outputs["quicklook"] = write_quicklook(map_ds, out_dir / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(local_checkpoint)}")
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
-    accuracy = held_out_accuracy(ds, final_map, checkpoint, metadata)
+    accuracy = held_out_accuracy(ds, final_map, local_checkpoint, metadata)
     timings["accuracy"] = time.perf_counter() - t
     if mapped.gpu:
         notes.append(f"classified on GPU workers: tiles per device {mapped.devices}")
@@ -210,8 +227,8 @@ def run_scene(
         map_ds,
         scene_name=scene.name,
         catalog_hash=catalog.content_hash(),
-        checkpoint_hash=checkpoint_hash(checkpoint),
-        method=metadata_method(checkpoint),
+        checkpoint_hash=checkpoint_hash(local_checkpoint),
+        method=metadata_method(local_checkpoint),
         timings=timings,
         accuracy=accuracy,
         availability_note=notes,
@@ -233,22 +250,23 @@ def metadata_method(checkpoint: Path) -> str:
 
 
 def run(catalog: Catalog, scheduler: str | None = None, workers: int | None = None, tile_size: int | None = None,
-        output: Path | None = None, progress: bool = True) -> list[SceneRun]:
+        output: Path | str | None = None, progress: bool = True) -> list[SceneRun]:
     from pipeline.datasets.demo import ensure_generated_sources
 
     if output is not None:
-        catalog.output.folder = output.resolve()
+        folder = as_location(output)
+        catalog.output.folder = folder if is_remote(folder) else Path(folder).resolve()
     ensure_generated_sources(catalog)
     return [run_scene(catalog, s, scheduler, workers, tile_size, progress) for s in catalog.scenes]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.splitlines()[0])
-    parser.add_argument("catalog", type=Path)
+    parser.add_argument("catalog", help="catalog file or URL (s3://bucket/catalog.yaml)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     parser.add_argument("--workers", type=int, help="local Dask worker processes")
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default: output.tile_size)")
-    parser.add_argument("--output", type=Path, help="output folder (default: output.folder)")
+    parser.add_argument("--output", help="output folder or object-store URL (default: output.folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     configure_logging()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import xarray as xr
@@ -23,19 +22,20 @@ from pipeline.config.errors import ClusterError
 from pipeline.inference.classify import TileTask, process_tile
 from pipeline.inference.cluster import workers_with_resource
 from pipeline.inference.map_store import (
+    complete_run_key,
     finalise_map_store,
     prepare_map_store,
-    read_run_key,
     run_key,
 )
 from pipeline.inference.tiling import tile_windows
+from pipeline.storage import Location, local_copy, storage_options, url, zarr_kwargs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class MapResult:
-    store: Path
+    store: Location
     tiles_total: int
     tiles_computed: int
     seconds: float
@@ -50,9 +50,9 @@ class MapResult:
 
 def map_scene(
     client: Client,
-    scene_store: Path,
-    checkpoint: Path,
-    map_store: Path,
+    scene_store: Location,
+    checkpoint: Location,
+    map_store: Location,
     tile_size: int,
     batch_pixels: int | str = "auto",
     precision: str = "auto",
@@ -62,11 +62,11 @@ def map_scene(
 ) -> MapResult:
     """Classify every tile of ``scene_store`` into ``map_store`` (resuming a partial run)."""
     started = time.perf_counter()
-    scene = xr.open_zarr(scene_store)
-    ckpt_hash = checkpoint_hash(checkpoint)
+    scene = xr.open_zarr(url(scene_store), **zarr_kwargs(scene_store))
+    ckpt_hash = checkpoint_hash(local_copy(checkpoint))
     key = run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision)
     tiles = tile_windows(scene.sizes["y"], scene.sizes["x"], tile_size)
-    if read_run_key(map_store) == key:
+    if complete_run_key(map_store) == key:
         log.info("map %s is up to date; nothing to classify", map_store)
         return MapResult(map_store, len(tiles), 0, time.perf_counter() - started, reused=True)
 
@@ -80,8 +80,10 @@ def map_scene(
     todo = [(idx, w) for idx, w in tiles if not done[idx]]
     if len(todo) < len(tiles):
         log.info("resuming: %d of %d tiles already done", len(tiles) - len(todo), len(tiles))
+    options = {**storage_options(checkpoint), **storage_options(scene_store), **storage_options(partial)}
     tasks = [
-        TileTask(str(scene_store), str(partial), str(checkpoint), ckpt_hash, idx, w, batch_pixels, precision, torch_threads)
+        TileTask(url(scene_store), url(partial), url(checkpoint), ckpt_hash, idx, w, batch_pixels, precision, torch_threads,
+                 options or None)
         for idx, w in todo
     ]
     keys = [f"classify-tile-{key[:8]}-{t.tile_index[0]}-{t.tile_index[1]}" for t in tasks]

@@ -31,6 +31,7 @@ from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.files import atomic_directory
 from pipeline.learn.protocols import protocol_availability, save_protocol_table
 from pipeline.learn.sampling import Split, make_split
+from pipeline.storage import as_location, open_zarr
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class TrainResult:
 
 
 def default_checkpoint_dir(catalog: Catalog, scene: Scene, method: str) -> Path:
-    return Path(catalog.output.folder) / scene.name / "checkpoints" / method
+    return as_location(catalog.output.folder) / scene.name / "checkpoints" / method
 
 
 def parse_protocol(text: str) -> Protocol:
@@ -243,7 +244,7 @@ def prepare_training_data(catalog: Catalog, scene: Scene, seed: int, method: str
     from pipeline.data.ingest import ingest_scene
 
     store = ingest_scene(catalog, scene)
-    ds = xr.open_zarr(store)
+    ds = open_zarr(store)
     config = model_config_for(catalog, scene, ds, method)
     assert scene.labels is not None
     split = make_split(ds, scene.labels, catalog.training, seed, catalog.path)

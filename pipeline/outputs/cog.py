@@ -35,6 +35,7 @@ from models.patterns import complete_pattern, pattern_name
 from pipeline.config.errors import InputError
 from pipeline.data.store import CLASS_NODATA, PATTERN_NODATA
 from pipeline.files import atomic_file, temporary_sibling
+from pipeline.storage import as_location
 
 CLASS_VAR = "class"
 CONFIDENCE_VAR = "confidence"
@@ -140,8 +141,11 @@ def _write_cog(
     colormap: dict[int, tuple[int, int, int, int]] | None = None,
     band_tags: dict[str, str] | None = None,
 ) -> Path:
-    """Stream ``variable`` window by window into a scratch tiled GeoTIFF, then copy it as a COG."""
-    path = Path(path)
+    """Stream ``variable`` window by window into a scratch tiled GeoTIFF, then copy it as a COG.
+
+    ``path`` may be a URL: the COG is made locally and uploaded (see :func:`pipeline.files.atomic_file`).
+    """
+    path = as_location(path)
     height, width = variable.shape
     profile = {
         "driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": dtype,
@@ -151,7 +155,7 @@ def _write_cog(
     }
     if colormap:
         profile["photometric"] = "palette"
-    with (rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_file(path) as tmp, _scratch_file(path) as scratch):
+    with (rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_file(path) as tmp, _scratch_file(tmp) as scratch):
         with rasterio.open(scratch, "w", **profile) as dst:
             if colormap:  # before any pixel: GDAL cannot change the photometric tag once blocks are written
                 dst.write_colormap(1, colormap)
@@ -172,6 +176,7 @@ def _write_cog(
 
 @contextmanager
 def _scratch_file(path: Path) -> Iterator[Path]:
+    """A scratch GeoTIFF beside the local file ``path`` (the COG's temporary), removed afterwards."""
     scratch = temporary_sibling(path.with_name(f"{path.stem}-scratch.tif"))
     try:
         yield scratch
@@ -195,7 +200,7 @@ def write_class_cog(map_ds: xr.Dataset, path: Path) -> Path:
     written = _write_cog(variable, path, crs=crs, transform=transform, dtype="uint8", nodata=CLASS_NODATA,
                          resampling="MODE", description=BAND_DESCRIPTIONS[CLASS_VAR], colormap=colormap, band_tags=tags)
     entries = [(int(c["value"]), c["color"], str(c["name"])) for c in classes]
-    write_qgis_style(entries, Path(path).with_suffix(".qml"))
+    write_qgis_style(entries, as_location(path).with_suffix(".qml"))
     return written
 
 
@@ -222,7 +227,7 @@ def write_pattern_cog(map_ds: xr.Dataset, path: Path) -> Path:
                          resampling="MODE", description=BAND_DESCRIPTIONS[PATTERN_VAR], colormap=colormap,
                          band_tags=tags)
     entries = [(code, "#{:02x}{:02x}{:02x}".format(*rgba[:3]), pattern_name(code, names)) for code, rgba in colors.items()]
-    write_qgis_style(entries, Path(path).with_suffix(".qml"))
+    write_qgis_style(entries, as_location(path).with_suffix(".qml"))
     return written
 
 
@@ -241,7 +246,7 @@ def write_qgis_style(entries: list[tuple[int, str, str]], path: Path) -> Path:
     ET.SubElement(qgis, "blendMode").text = "0"
     ET.indent(qgis)
     text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(qgis, encoding="unicode")
-    path = Path(path)
+    path = as_location(path)
     with atomic_file(path) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     return path
@@ -311,12 +316,12 @@ def write_quicklook(map_ds: xr.Dataset, path: Path, title: str | None = None,
         if 0 in present:
             handles.append(Patch(facecolor=NODATA_RGBA, edgecolor="0.4", label=nodata_label))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    suptitle = title or map_ds.attrs.get("scene") or Path(path).stem
+    suptitle = title or map_ds.attrs.get("scene") or as_location(path).stem
     if step > 1:
         suptitle += f" (every {step}th pixel)"
     figure.suptitle(suptitle)
 
-    path = Path(path)
+    path = as_location(path)
     with atomic_file(path) as tmp:
         figure.savefig(tmp, format="png")
     return path

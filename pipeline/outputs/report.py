@@ -25,6 +25,7 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.crs import CRS
+from upath import UPath
 
 from models.patterns import pattern_name
 from pipeline import __version__ as PIPELINE_VERSION
@@ -41,6 +42,7 @@ from pipeline.outputs.cog import (
     modality_names,
     pattern_colors,
 )
+from pipeline.storage import Location, as_location, gdal_path, is_remote, url
 
 STAC_VERSION = "1.0.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
@@ -184,7 +186,7 @@ def _write_json(document: dict, path: Path) -> Path:
 def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, Path):
+    if isinstance(value, (Path, UPath)):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
@@ -200,13 +202,13 @@ def write_stac_item(report: dict, map_ds: xr.Dataset, path: Path, assets: Mappin
                     acquired: dt.datetime | None = None) -> Path:
     """Write a STAC 1.0.0 Item (projection and classification extensions) describing the outputs.
 
-    Asset hrefs are relative to the item's folder. The class and pattern COGs (recognised by
+    Asset hrefs are relative to the item's folder (the object URLs when the outputs are on an object store). The class and pattern COGs (recognised by
     their band description, else by the asset names ``class`` and ``pattern``) carry
     ``classification:classes``. The item's datetime is ``acquired`` when given, else the
     acquisition times in the map's ``modalities`` attrs (a start/end range when they differ),
     else now.
     """
-    path = Path(path)
+    path = as_location(path)
     return _write_json(stac_item(report, map_ds, path.parent, assets, acquired), path)
 
 
@@ -236,7 +238,7 @@ def stac_item(report: dict, map_ds: xr.Dataset, folder: Path, assets: Mapping[st
         "bbox": [min(lons), min(lats), max(lons), max(lats)],
         "properties": properties,
         "links": [],
-        "assets": {name: _stac_asset(name, Path(target), Path(folder), map_ds) for name, target in assets.items()},
+        "assets": {name: _stac_asset(name, as_location(target), as_location(folder), map_ds) for name, target in assets.items()},
     }
     validate_stac_item(item)
     return item
@@ -288,13 +290,14 @@ def _stac_id(scene: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", scene).strip("-") or "scene"
 
 
-def _stac_asset(name: str, target: Path, folder: Path, map_ds: xr.Dataset) -> dict:
+def _stac_asset(name: str, target: Location, folder: Location, map_ds: xr.Dataset) -> dict:
     kind = ASSET_KINDS.get(target.suffix.lower())
     if kind is None:
         raise ValueError(f"asset {name!r}: {target.name} has no known media type "
                          f"(expected a suffix in {sorted(ASSET_KINDS)})")
     media_type, roles = kind
-    asset = {"href": Path(os.path.relpath(target, folder)).as_posix(), "type": media_type,
+    href = url(target) if is_remote(target) else Path(os.path.relpath(target, folder)).as_posix()
+    asset = {"href": href, "type": media_type,
              "title": name, "roles": list(roles)}
     layer = _map_layer(name, target)
     if layer == CLASS_VAR:
@@ -312,10 +315,10 @@ def _stac_asset(name: str, target: Path, folder: Path, map_ds: xr.Dataset) -> di
     return asset
 
 
-def _map_layer(name: str, target: Path) -> str:
+def _map_layer(name: str, target: Location) -> str:
     """Which map variable a GeoTIFF asset holds: from its band description, else from the asset name."""
     if target.suffix.lower() in (".tif", ".tiff") and target.exists():
-        with rasterio.open(target) as src:
+        with rasterio.open(gdal_path(target)) as src:
             description = src.descriptions[0]
         for variable, known in BAND_DESCRIPTIONS.items():
             if description == known:
