@@ -67,11 +67,13 @@ def is_url(value: object) -> bool:
 def as_location(value: str | os.PathLike[str] | UPath, storage_options: dict[str, Any] | None = None) -> Location:
     """``value`` as a :class:`~pathlib.Path` (local) or a :class:`~upath.UPath` carrying ``storage_options`` (URL)."""
     if isinstance(value, UPath) and is_url(value):
-        if storage_options and not value.storage_options:
-            return UPath(str(value), **storage_options)
+        if storage_options and set(value.storage_options) <= {"use_listings_cache"}:
+            return as_location(str(value), storage_options)
         return value
     if is_url(value):
-        return UPath(str(value), **(storage_options or {}))
+        # No listing cache: other processes (Dask workers) write the same prefixes, and a cached
+        # listing would hide their objects (a completion marker) from this one.
+        return UPath(str(value), **{"use_listings_cache": False, **(storage_options or {})})
     if isinstance(value, str) and value.startswith("file://"):
         value = value.removeprefix("file://")
     return Path(value)  # type: ignore[arg-type]

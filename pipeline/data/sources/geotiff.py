@@ -73,7 +73,7 @@ def open_lazily(path: Location | str) -> xr.DataArray:
 
 
 def _read_one(path: Location, where: str) -> xr.DataArray:
-    if not path.is_file():
+    if not is_remote(path) and not path.is_file():  # a URL is checked by opening it (GDAL names the HTTP error)
         raise SourceError(path, where, "an existing GeoTIFF file", "no such file")
     try:
         check_readable(path)
