@@ -2,12 +2,16 @@
 
 ``make_map_store(folder, ...)``: write a small map store (the layout of pipeline.data.store) for the
 export and report tests; ``.open()`` on the result opens it lazily as the pipeline does.
+``dask_processes(address, procs, workers)``: a context that waits for the ``workers`` of an external
+``dask scheduler`` / ``dask worker`` processes and terminates them on exit.
 (pytest runs with ``--import-mode=importlib``, so helpers reach tests as fixtures.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +92,27 @@ def _build_map_store(folder: Path, height: int = 300, width: int = 500, resoluti
 @pytest.fixture(scope="session")
 def make_map_store() -> Callable[..., MapStore]:
     return _build_map_store
+
+
+@contextmanager
+def _dask_processes(address: str, procs: list[subprocess.Popen], workers: int) -> Iterator[str]:
+    """Wait until ``workers`` workers joined the scheduler at ``address``; terminate ``procs`` on exit."""
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=90)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="session")
+def dask_processes() -> Callable[..., AbstractContextManager[str]]:
+    return _dask_processes

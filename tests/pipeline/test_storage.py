@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,12 +117,14 @@ def s3() -> Iterator[dict[str, str]]:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
-        mp.setenv("MMLC_CACHE", tempfile.mkdtemp(prefix="mmlc-cache-"))
+        cache = tempfile.mkdtemp(prefix="mmlc-cache-")
+        mp.setenv("MMLC_CACHE", cache)
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
         try:
             yield {**env, "endpoint": endpoint}
         finally:
             server.stop()
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _upload(local: Path, url: str) -> None:
@@ -180,7 +183,7 @@ def local_reference(small_demo_files: dict[str, Path], trained_demo: tuple[Catal
 
 
 @pytest.fixture(scope="module")
-def diskless_cluster(s3: dict[str, str]) -> Iterator[str]:
+def diskless_cluster(s3: dict[str, str], dask_processes) -> Iterator[str]:
     """A `dask scheduler` and two `dask worker` processes, each in its own empty folder, sharing no disk with the test."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -197,20 +200,11 @@ def diskless_cluster(s3: dict[str, str]) -> Iterator[str]:
              "--host", "127.0.0.1", "--local-directory", str(folder / "dask")],
             cwd=folder, env=worker_env, stdout=open(folder / "log", "w"), stderr=subprocess.STDOUT))
     try:
-        from distributed import Client
-
-        time.sleep(1)
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=90)
-        yield address
+        with dask_processes(address, procs, workers=2):
+            yield address
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _map_classes(store: Any) -> np.ndarray:
