@@ -2,6 +2,8 @@
 
 ``make_map_store(folder, ...)``: write a small map store (the layout of pipeline.data.store) for the
 export and report tests; ``.open()`` on the result opens it lazily as the pipeline does.
+``mapped_demo``: the small demo scene mapped once per session from local files with the trained
+checkpoint (one local worker, 32-pixel tiles): ``(output folder, runs)``, the reference map.
 ``dask_processes(address, procs, workers)``: a context that waits for the ``workers`` of an external
 ``dask scheduler`` / ``dask worker`` processes and terminates them on exit.
 (pytest runs with ``--import-mode=importlib``, so helpers reach tests as fixtures.)
@@ -116,3 +118,17 @@ def _dask_processes(address: str, procs: list[subprocess.Popen], workers: int) -
 @pytest.fixture(scope="session")
 def dask_processes() -> Callable[..., AbstractContextManager[str]]:
     return _dask_processes
+
+
+@pytest.fixture(scope="session")
+def mapped_demo(trained_demo, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    from pipeline.config.catalog import parse_catalog
+    from pipeline.run import run
+
+    catalog, checkpoint = trained_demo
+    out = tmp_path_factory.mktemp("mapped-demo")
+    data = catalog.model_dump(mode="json")
+    data["model"]["checkpoint"] = str(checkpoint)
+    data["output"]["folder"] = str(out)
+    runs = run(parse_catalog(data, catalog.path), workers=1, tile_size=32, progress=False)
+    return out, runs

@@ -38,6 +38,7 @@ from upath import UPath
 from pipeline.config.catalog import Catalog, load_catalog, parse_catalog
 from pipeline.config.errors import CatalogError
 from pipeline.data.sources import read_source
+from pipeline.datasets.demo import demo_catalog_dict
 from pipeline.files import atomic_directory, atomic_file, write_text
 from pipeline.storage import (
     as_location,
@@ -78,9 +79,7 @@ def test_urls_and_paths_resolve_against_the_catalog_location() -> None:
 
 
 def test_catalog_with_urls_keeps_them_and_refuses_credentials(small_demo_files: dict[str, Path], tmp_path: Path) -> None:
-    from tests.conftest import small_demo_dict
-
-    data = small_demo_dict(small_demo_files, tmp_path / "out")
+    data = demo_catalog_dict(small_demo_files["hs"].parent, tmp_path / "out")
     data["scenes"][0]["modalities"][0]["source"]["path"] = "s3://bucket/scene/hs.tif"
     data["output"]["folder"] = "s3://bucket/outputs"
     data["storage"] = {"endpoint_url": "http://127.0.0.1:9", "anonymous": True}
@@ -135,10 +134,8 @@ def _upload(local: Path, url: str) -> None:
 
 
 def _s3_catalog_dict(files: dict[str, Path], endpoint: str, checkpoint: str) -> dict[str, Any]:
-    """The small demo catalog with every path relative to s3://<bucket>/catalogs/demo.yaml."""
-    from tests.conftest import small_demo_dict
-
-    data = small_demo_dict(files, Path("unused"))
+    """The small demo catalog (32-pixel tiles) with every path relative to s3://<bucket>/catalogs/demo.yaml."""
+    data = demo_catalog_dict(files["hs"].parent, Path("unused"), output={"tile_size": 32})
     scene = data["scenes"][0]
 
     def rel(path: str) -> str:
@@ -169,17 +166,9 @@ def s3_demo(s3: dict[str, str], small_demo_files: dict[str, Path], trained_demo:
 
 
 @pytest.fixture(scope="module")
-def local_reference(small_demo_files: dict[str, Path], trained_demo: tuple[Catalog, Path],
-                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local_reference(mapped_demo: tuple[Path, list]) -> Path:
     """The same scene and checkpoint mapped from local files by a local cluster: the map to match."""
-    from pipeline.run import run
-    from tests.conftest import small_demo_dict
-
-    out = tmp_path_factory.mktemp("local-reference")
-    data = small_demo_dict(small_demo_files, out)
-    data["model"]["checkpoint"] = str(trained_demo[1])
-    run(parse_catalog(data, ROOT / "catalogs" / "demo.yaml"), workers=1, progress=False)
-    return out / "demo"
+    return mapped_demo[0] / "demo"
 
 
 @pytest.fixture(scope="module")
@@ -242,16 +231,13 @@ def test_s3_catalog_on_diskless_workers_gives_the_local_map(s3_demo: str, diskle
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_on_the_object_store(s3: dict[str, str], s3_demo: str, diskless_cluster: str,
-                                                local_reference: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_on_the_object_store(s3_demo: str, diskless_cluster: str, local_reference: Path,
+                                                tmp_path: Path) -> None:
     """``python -m pipeline.run`` killed mid-map: the map has no completion marker; the next run maps only the missing tiles."""
     from pipeline.run import run
 
-    catalog_data = yaml.safe_load(as_location(s3_demo).read_text())
-    catalog_data["output"]["folder"] = "../outputs-killed"
-    url = f"s3://{BUCKET}/catalogs/killed.yaml"
-    write_text(url, yaml.safe_dump(catalog_data, sort_keys=False))
-    final = as_location(f"s3://{BUCKET}/outputs-killed/demo/map.zarr")
+    url = s3_demo  # the scene store of an earlier run is reused (unchanged inputs); the map is new (other tile size)
+    final = as_location(f"s3://{BUCKET}/outputs/demo/map.zarr")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # 16-pixel tiles (40 of them): the map is the same whatever the tile size, and the run lasts long enough to kill.
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", url, "--scheduler", diskless_cluster, "--tile-size", "16",
