@@ -32,7 +32,7 @@ from pydantic import (
 from upath import UPath
 
 from pipeline.config.errors import CatalogError
-from pipeline.storage import CREDENTIAL_KEYS, Location, as_location, is_remote, resolve_against
+from pipeline.storage import CREDENTIAL_KEYS, READ_ONLY_SCHEMES, Location, as_location, is_remote, resolve_against
 
 
 def _location(value: Any) -> Location:
@@ -418,7 +418,9 @@ def _resolve_paths(obj: Any, base: Location, options: dict[str, Any]) -> None:
 
     def resolved(value: Any) -> Any:
         if isinstance(value, (Path, UPath)):
-            return resolve_against(base, as_location(value, options) if is_remote(value) else value)
+            # The storage options are the object store's; a read-only https:// input is opened plainly.
+            remote = is_remote(value) and value.protocol not in READ_ONLY_SCHEMES
+            return resolve_against(base, as_location(value, options) if remote else value)
         return value
 
     if isinstance(obj, BaseModel):

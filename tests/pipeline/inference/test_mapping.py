@@ -96,7 +96,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def gpu_cluster(tmp_path: Path, dask_processes) -> Iterator[str]:
+def gpu_cluster(tmp_path: Path) -> Iterator[str]:
     """A real `dask scheduler` and two `dask worker` processes on loopback; the second advertises GPU=1."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -108,8 +108,20 @@ def gpu_cluster(tmp_path: Path, dask_processes) -> Iterator[str]:
     common = [str(DASK), "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
     procs.append(subprocess.Popen([*common, "--name", "cpu-worker"], stdout=open(logs / "cpu.log", "w"), stderr=subprocess.STDOUT))
     procs.append(subprocess.Popen([*common, "--name", "gpu-worker", "--resources", "GPU=1"], stdout=open(logs / "gpu.log", "w"), stderr=subprocess.STDOUT))
-    with dask_processes(address, procs, workers=2):
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
         yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def test_external_scheduler_runs_classification_on_the_gpu_worker(trained_demo, reference, gpu_cluster: str, tmp_path: Path) -> None:
