@@ -177,8 +177,9 @@ def diskless_cluster(s3: dict[str, str], dask_processes) -> Iterator[str]:
     """A `dask scheduler` and two `dask worker` processes, each in its own empty folder, sharing no disk with the test."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           **{k: v for k, v in s3.items() if k.startswith("AWS_")}}
+    # Credentials only: the endpoint reaches the workers from the catalog's storage section, with each task.
+    credentials = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **{k: s3[k] for k in credentials}}
     folders = [Path(tempfile.mkdtemp(prefix=f"mmlc-{name}-")) for name in ("scheduler", "worker-a", "worker-b")]
     scheduler = [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     worker = [str(DASK), "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"]
