@@ -7,8 +7,9 @@ place with :func:`os.replace`. Temporary names start with ``.<name>.tmp-`` so th
 
 The same helpers take a remote location (a URL, see :mod:`pipeline.storage`): a file
 is written to a local temporary and uploaded in one PUT (an object appears whole or
-not at all); a directory (a Zarr store) is written in place with its completion
-marker deleted first and written last.
+not at all); a directory is filled locally and uploaded, or (:func:`atomic_store`, for
+Zarr writers that speak URLs) written in place, in both cases with the store's
+completion marker deleted first and written last.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,8 +68,6 @@ def atomic_file(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
 @contextmanager
 def _uploaded_file(target: Location) -> Iterator[Path]:
     """A local temporary file that becomes the object ``target`` in one upload when the block succeeds."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="mmlc-upload-") as folder:
         tmp = Path(folder) / target.name
         yield tmp
@@ -114,8 +114,6 @@ def atomic_directory(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
     """
     location = as_location(path)
     if is_remote(location):
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="mmlc-upload-") as folder:
             staging = Path(folder) / location.name
             staging.mkdir()
