@@ -45,7 +45,7 @@ from pipeline.config.errors import PipelineError
 from pipeline.files import (
     write_json,
 )
-from pipeline.storage import Location, as_location, cache_folder, is_remote, is_url, local_copy, url
+from pipeline.storage import Location, as_location, cache_folder, is_remote, is_url, local_copy, local_path, url
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ def is_up_to_date(state: dict[str, Any] | None, key: str, options: dict[str, Any
 def lock_path(scene_dir: Location) -> Path:
     """The lock file of a scene folder: inside it when local; a local file named by its URL when remote."""
     if not is_remote(scene_dir):
-        Path(scene_dir).mkdir(parents=True, exist_ok=True)
-        return Path(scene_dir) / LOCK_FILE
+        local_path(scene_dir).mkdir(parents=True, exist_ok=True)
+        return local_path(scene_dir) / LOCK_FILE
     folder = cache_folder() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / (hashlib.sha256(url(scene_dir).encode()).hexdigest()[:24] + LOCK_FILE)
@@ -242,10 +242,10 @@ def run_batch(catalog_paths: list[Path | str], output: Path | str | None = None,
             root = catalog.output.folder
         else:
             root = as_location(output, catalog.storage.fsspec_options())
-            root = root if is_remote(root) else Path(root).resolve()
+            root = root if is_remote(root) else local_path(root).resolve()
         for scene in catalog.scenes:
             outcome = run_scene_job(catalog, scene, root, date, force, progress)
-            append_log(log_file or (Path.cwd() if is_remote(root) else Path(root)) / LOG_FILE, outcome)
+            append_log(log_file or (Path.cwd() if is_remote(root) else local_path(root)) / LOG_FILE, outcome)
             outcomes.append(outcome)
     return outcomes
 

@@ -29,6 +29,7 @@ from pipeline.storage import (
     as_location,
     filesystem,
     is_remote,
+    local_path,
     mark_complete,
     mark_incomplete,
     remove_tree,
@@ -54,7 +55,7 @@ def atomic_file(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
         with _uploaded_file(location) as tmp:
             yield tmp
         return
-    target = Path(location)
+    target = local_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     try:
@@ -121,7 +122,7 @@ def atomic_directory(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
             with atomic_store(location):
                 filesystem(location).put(f"{staging}/", url(location), recursive=True)
         return
-    target = Path(location)
+    target = local_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_sibling(target)
     staging.mkdir()

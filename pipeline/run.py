@@ -39,6 +39,7 @@ from pipeline.storage import (
     is_complete,
     is_remote,
     local_copy,
+    local_path,
     open_zarr,
 )
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SceneRun:
     scene: str
-    outputs: dict[str, Path]
+    outputs: dict[str, Location]
     report: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -69,8 +70,8 @@ def check_writable(folder: Location) -> None:
             raise InputError(None, "output.folder", "a local folder or an object-store URL (s3://, gs://, az://)", str(exc)) from None
         return
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        local_path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=local_path(folder), prefix=".write-test-"):
             pass
     except OSError as exc:
         raise InputError(None, "output.folder", f"a writable folder at {folder}", f"{exc.strerror or exc}") from None
@@ -86,7 +87,7 @@ def verified_checkpoint(path: Path, scene: Scene, ds: xr.Dataset, catalog: Catal
     return metadata
 
 
-def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress: bool) -> tuple[Path, dict[str, Any], float]:
+def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress: bool) -> tuple[Location, dict[str, Any], float]:
     """The catalog's checkpoint, a reusable earlier one, or a freshly trained one (seconds spent training)."""
     from pipeline.learn.training import default_checkpoint_dir, train
 
@@ -157,7 +158,7 @@ def run_scene(
     workers: int | None = None,
     tile_size: int | None = None,
     progress: bool = True,
-    export_dir: Path | None = None,
+    export_dir: Location | None = None,
 ) -> SceneRun:
     """Ingest, train when needed, map and export one scene.
 
@@ -240,7 +241,7 @@ def run_scene(
     if "json" in formats:
         outputs["report"] = write_report(report, out_dir / "report.json")
     if "stac" in formats:
-        assets = {k: outputs[k] for k in ("landcover", "confidence", "availability", "quicklook", "report") if k in outputs}
+        assets: dict[str, Location] = {k: outputs[k] for k in ("landcover", "confidence", "availability", "quicklook", "report") if k in outputs}
         outputs["stac"] = write_stac_item(report, map_ds, out_dir / "stac-item.json", assets)
     return SceneRun(scene.name, outputs, report, timings)
 
@@ -255,7 +256,7 @@ def run(catalog: Catalog, scheduler: str | None = None, workers: int | None = No
 
     if output is not None:
         folder = as_location(output)
-        catalog.output.folder = folder if is_remote(folder) else Path(folder).resolve()
+        catalog.output.folder = folder if is_remote(folder) else local_path(folder).resolve()
     ensure_generated_sources(catalog)
     return [run_scene(catalog, s, scheduler, workers, tile_size, progress) for s in catalog.scenes]
 

@@ -81,15 +81,22 @@ def as_location(value: str | os.PathLike[str] | UPath, storage_options: dict[str
 
 def resolve_against(base: Location, value: Location) -> Location:
     """``value`` made absolute against the folder ``base`` (local or remote); URLs and absolute paths are kept."""
-    if is_remote(value) or (not is_remote(base) and Path(value).is_absolute()):
+    if is_remote(value) or (not is_remote(base) and local_path(value).is_absolute()):
         return value
     if not is_remote(base):
-        return (Path(base) / value).resolve()
-    if Path(value).is_absolute():
+        return (local_path(base) / local_path(value)).resolve()
+    if local_path(value).is_absolute():
         raise ValueError(f"{value}: an absolute local path in a catalog read from {base} (give a URL or a relative path)")
     scheme, _, rest = url(base).partition("://")
-    joined = posixpath.normpath(posixpath.join(rest, Path(value).as_posix()))
+    joined = posixpath.normpath(posixpath.join(rest, local_path(value).as_posix()))
     return UPath(f"{scheme}://{joined}", **storage_options(base))
+
+
+def local_path(location: Location | str) -> Path:
+    """A local location as a :class:`~pathlib.Path` (a URL here is a programming error)."""
+    if is_remote(location):
+        raise ValueError(f"{location}: a local path is needed here, not a URL")
+    return Path(str(location))
 
 
 def is_remote(location: object) -> bool:
@@ -184,7 +191,7 @@ def completion_marker(location: Location) -> Location:
 def is_complete(location: Location) -> bool:
     """Whether a store is a complete result: a local directory (moved into place when complete), or a remote store with its marker."""
     if not is_remote(location):
-        return Path(location).is_dir()
+        return local_path(location).is_dir()
     return completion_marker(location).exists()
 
 
@@ -208,7 +215,7 @@ def remove_tree(location: Location) -> None:
         if fs.exists(url(location)):
             fs.rm(url(location), recursive=True)
     else:
-        shutil.rmtree(Path(location), ignore_errors=True)
+        shutil.rmtree(local_path(location), ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- local copies
@@ -241,7 +248,7 @@ def local_copy(location: Location | str, storage: dict[str, Any] | None = None, 
 
     loc = as_location(location, storage)
     if not is_remote(loc):
-        return Path(loc)
+        return local_path(loc)
     present = [c for c in companions if c.exists()]
     key = hashlib.sha256("".join(remote_identity(x) for x in (loc, *present)).encode()).hexdigest()[:24]
     target = cache_folder() / key / loc.name

@@ -32,7 +32,15 @@ from pydantic import (
 from upath import UPath
 
 from pipeline.config.errors import CatalogError
-from pipeline.storage import CREDENTIAL_KEYS, READ_ONLY_SCHEMES, Location, as_location, is_remote, resolve_against
+from pipeline.storage import (
+    CREDENTIAL_KEYS,
+    READ_ONLY_SCHEMES,
+    Location,
+    as_location,
+    is_remote,
+    local_path,
+    resolve_against,
+)
 
 
 def _location(value: Any) -> Location:
@@ -419,7 +427,7 @@ def _resolve_paths(obj: Any, base: Location, options: dict[str, Any]) -> None:
     def resolved(value: Any) -> Any:
         if isinstance(value, (Path, UPath)):
             # The storage options are the object store's; a read-only https:// input is opened plainly.
-            remote = is_remote(value) and value.protocol not in READ_ONLY_SCHEMES
+            remote = isinstance(value, UPath) and is_remote(value) and value.protocol not in READ_ONLY_SCHEMES
             return resolve_against(base, as_location(value, options) if remote else value)
         return value
 
@@ -482,7 +490,7 @@ def parse_catalog(data: Any, path: Location | None = None) -> Catalog:
         catalog.path = as_location(str(path), options)
         base: Location = catalog.path.parent
     else:
-        catalog.path = Path(path).resolve() if path is not None else None
+        catalog.path = local_path(path).resolve() if path is not None else None
         base = catalog.path.parent if catalog.path is not None else Path.cwd()
     try:
         _resolve_paths(catalog, base, options)

@@ -17,10 +17,10 @@ from pipeline.config.catalog import Labels, Source
 from pipeline.config.errors import AlignmentError, SourceError
 from pipeline.data.grid import SceneGrid, align
 from pipeline.data.sources import read_source
-from pipeline.storage import gdal_path
+from pipeline.storage import Location, gdal_path
 
 
-def _check_values(values: np.ndarray, labels: Labels, file: Path, key: str) -> np.ndarray:
+def _check_values(values: np.ndarray, labels: Labels, file: Location, key: str) -> np.ndarray:
     allowed = {0, *(c.value for c in labels.classes)}
     present = np.unique(values)
     unknown = [v for v in present.tolist() if v not in allowed]

@@ -29,6 +29,7 @@ from pipeline.storage import (
     Location,
     is_complete,
     is_remote,
+    local_path,
     mark_complete,
     mark_incomplete,
     remove_tree,
@@ -115,5 +116,5 @@ def finalise_map_store(final: Location) -> Location:
     if is_remote(final):
         mark_complete(final, tiles=int(np.asarray(done).size))
     else:
-        replace_directory(partial, final)
+        replace_directory(local_path(partial), local_path(final))
     return final

@@ -31,22 +31,22 @@ from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.files import atomic_directory
 from pipeline.learn.protocols import protocol_availability, save_protocol_table
 from pipeline.learn.sampling import Split, make_split
-from pipeline.storage import as_location, open_zarr
+from pipeline.storage import Location, as_location, open_zarr
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
-    checkpoint: Path
+    checkpoint: Location  # a folder, or a URL when output.folder is on an object store
     history: list[dict[str, float]]
     best_val_oa: float
     seconds: float
-    split_path: Path
+    split_path: Location
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_checkpoint_dir(catalog: Catalog, scene: Scene, method: str) -> Path:
+def default_checkpoint_dir(catalog: Catalog, scene: Scene, method: str) -> Location:
     return as_location(catalog.output.folder) / scene.name / "checkpoints" / method
 
 

@@ -35,7 +35,7 @@ from models.patterns import complete_pattern, pattern_name
 from pipeline.config.errors import InputError
 from pipeline.data.store import CLASS_NODATA, PATTERN_NODATA
 from pipeline.files import atomic_file, temporary_sibling
-from pipeline.storage import as_location
+from pipeline.storage import Location, as_location
 
 CLASS_VAR = "class"
 CONFIDENCE_VAR = "confidence"
@@ -130,7 +130,7 @@ def _windows(height: int, width: int) -> Iterator[Window]:
 
 def _write_cog(
     variable: xr.DataArray,
-    path: Path,
+    path: Location,
     *,
     crs: CRS,
     transform: Affine,
@@ -140,7 +140,7 @@ def _write_cog(
     description: str,
     colormap: dict[int, tuple[int, int, int, int]] | None = None,
     band_tags: dict[str, str] | None = None,
-) -> Path:
+) -> Location:
     """Stream ``variable`` window by window into a scratch tiled GeoTIFF, then copy it as a COG.
 
     ``path`` may be a URL: the COG is made locally and uploaded (see :func:`pipeline.files.atomic_file`).
@@ -185,7 +185,7 @@ def _scratch_file(path: Path) -> Iterator[Path]:
             leftover.unlink(missing_ok=True)
 
 
-def write_class_cog(map_ds: xr.Dataset, path: Path) -> Path:
+def write_class_cog(map_ds: xr.Dataset, path: Location) -> Location:
     """Write the class map as a COG (uint8, nodata 0, colour table, MODE overviews) and a ``.qml`` beside it.
 
     Class names are band tags ``class_<value>`` (and the band description is ``class``); the QGIS
@@ -204,7 +204,7 @@ def write_class_cog(map_ds: xr.Dataset, path: Path) -> Path:
     return written
 
 
-def write_confidence_cog(map_ds: xr.Dataset, path: Path) -> Path:
+def write_confidence_cog(map_ds: xr.Dataset, path: Location) -> Location:
     """Write the max-probability confidence as a float32 COG with NaN nodata and AVERAGE overviews."""
     variable = map_variable(map_ds, CONFIDENCE_VAR, None)
     if variable.dtype.kind != "f":
@@ -214,7 +214,7 @@ def write_confidence_cog(map_ds: xr.Dataset, path: Path) -> Path:
                       resampling="AVERAGE", description=BAND_DESCRIPTIONS[CONFIDENCE_VAR])
 
 
-def write_pattern_cog(map_ds: xr.Dataset, path: Path) -> Path:
+def write_pattern_cog(map_ds: xr.Dataset, path: Location) -> Location:
     """Write the availability pattern as a uint8 COG: colour table, tags ``pattern_<code>`` = 'hs+lidar', ``.qml``."""
     variable = map_variable(map_ds, PATTERN_VAR, "uint8")
     crs, transform = map_georeference(map_ds)
@@ -231,7 +231,7 @@ def write_pattern_cog(map_ds: xr.Dataset, path: Path) -> Path:
     return written
 
 
-def write_qgis_style(entries: list[tuple[int, str, str]], path: Path) -> Path:
+def write_qgis_style(entries: list[tuple[int, str, str]], path: Location) -> Location:
     """A QGIS layer style (paletted renderer): one ``(value, '#rrggbb', label)`` entry per value."""
     qgis = ET.Element("qgis", version="3.28", styleCategories="AllStyleCategories")
     pipe = ET.SubElement(qgis, "pipe")
@@ -267,8 +267,8 @@ def decimated_view(map_ds: xr.Dataset, max_side: int = QUICKLOOK_MAX_SIDE) -> tu
     return view.compute(), step
 
 
-def write_quicklook(map_ds: xr.Dataset, path: Path, title: str | None = None,
-                    max_side: int = QUICKLOOK_MAX_SIDE) -> Path:
+def write_quicklook(map_ds: xr.Dataset, path: Location, title: str | None = None,
+                    max_side: int = QUICKLOOK_MAX_SIDE) -> Location:
     """A PNG of the class map (class colours, nodata grey) and the availability pattern map, with legends.
 
     Axes are in CRS units. Maps larger than ``max_side`` pixels on a side are decimated first.

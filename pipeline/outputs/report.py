@@ -42,7 +42,7 @@ from pipeline.outputs.cog import (
     modality_names,
     pattern_colors,
 )
-from pipeline.storage import Location, as_location, gdal_path, is_remote, url
+from pipeline.storage import Location, as_location, gdal_path, is_remote, local_path, url
 
 STAC_VERSION = "1.0.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
@@ -174,12 +174,12 @@ def collect_versions() -> dict[str, str | None]:
     return versions
 
 
-def write_report(report: dict, path: Path) -> Path:
+def write_report(report: dict, path: Location) -> Location:
     """Write the report as JSON (strict: NaN is refused), atomically."""
     return _write_json(report, path)
 
 
-def _write_json(document: dict, path: Path) -> Path:
+def _write_json(document: dict, path: Location) -> Location:
     return write_text(path, json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n")
 
 
@@ -198,8 +198,8 @@ def _now() -> str:
 # --------------------------------------------------------------------------- STAC
 
 
-def write_stac_item(report: dict, map_ds: xr.Dataset, path: Path, assets: Mapping[str, Path],
-                    acquired: dt.datetime | None = None) -> Path:
+def write_stac_item(report: dict, map_ds: xr.Dataset, path: Location, assets: Mapping[str, Location],
+                    acquired: dt.datetime | None = None) -> Location:
     """Write a STAC 1.0.0 Item (projection and classification extensions) describing the outputs.
 
     Asset hrefs are relative to the item's folder (the object URLs when the outputs are on an object store). The class and pattern COGs (recognised by
@@ -212,7 +212,7 @@ def write_stac_item(report: dict, map_ds: xr.Dataset, path: Path, assets: Mappin
     return _write_json(stac_item(report, map_ds, path.parent, assets, acquired), path)
 
 
-def stac_item(report: dict, map_ds: xr.Dataset, folder: Path, assets: Mapping[str, Path],
+def stac_item(report: dict, map_ds: xr.Dataset, folder: Location, assets: Mapping[str, Location],
               acquired: dt.datetime | None = None) -> dict:
     """The STAC Item dict of :func:`write_stac_item`; hrefs relative to ``folder``."""
     crs, transform = map_georeference(map_ds)
@@ -296,7 +296,7 @@ def _stac_asset(name: str, target: Location, folder: Location, map_ds: xr.Datase
         raise ValueError(f"asset {name!r}: {target.name} has no known media type "
                          f"(expected a suffix in {sorted(ASSET_KINDS)})")
     media_type, roles = kind
-    href = url(target) if is_remote(target) else Path(os.path.relpath(target, folder)).as_posix()
+    href = url(target) if is_remote(target) else Path(os.path.relpath(local_path(target), local_path(folder))).as_posix()
     asset = {"href": href, "type": media_type,
              "title": name, "roles": list(roles)}
     layer = _map_layer(name, target)
