@@ -29,7 +29,7 @@ Settings come from environment variables so the same notebook runs headless in t
 
 | variable | default | meaning |
 |---|---|---|
-| `MMLC_CATALOG` | `../catalogs/demo.yaml` | the catalog to run |
+| `MMLC_CATALOG` | `../catalogs/demo.yaml` | the catalog to run: a file or a URL (`s3://bucket/catalog.yaml`, credentials from the environment) |
 | `MMLC_OUTPUT` | `../outputs/notebooks/01` | where each method's outputs go (`<output>/<method>/<scene>/`) |
 | `MMLC_METHODS` | `<catalog's model.method>,baseline` | the methods to run; the first two are compared |
 | `MMLC_PROGRESS` | `1` | progress bars |"""),
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from pipeline.config.catalog import load_catalog
 
-CATALOG = Path(os.environ.get("MMLC_CATALOG", "../catalogs/demo.yaml"))
+CATALOG = os.environ.get("MMLC_CATALOG", "../catalogs/demo.yaml")  # a path or a URL
 OUTPUT = Path(os.environ.get("MMLC_OUTPUT", "../outputs/notebooks/01")).resolve()
 PROGRESS = os.environ.get("MMLC_PROGRESS", "1") == "1"
 default_method = load_catalog(CATALOG).model.method
@@ -135,7 +135,7 @@ with overall accuracy (OA), average accuracy (AA), Cohen's kappa and confusion m
 
 | variable | default | meaning |
 |---|---|---|
-| `MMLC_CATALOG` | `../catalogs/demo.yaml` | the catalog |
+| `MMLC_CATALOG` | `../catalogs/demo.yaml` | the catalog: a file or a URL (`s3://bucket/catalog.yaml`) |
 | `MMLC_OUTPUT` | `../outputs/notebooks/02` | checkpoints and tables |
 | `MMLC_METHODS` | `baseline,<catalog's model.method>` | methods to train and compare |
 | `MMLC_PROTOCOL` | `mamol-table1` | `mamol-table1`, `mamol-table3`, `mamol-table5`, `lvpcnet-table1` |
@@ -150,7 +150,7 @@ from pathlib import Path
 
 from pipeline.config.catalog import load_catalog
 
-CATALOG = Path(os.environ.get("MMLC_CATALOG", "../catalogs/demo.yaml"))
+CATALOG = os.environ.get("MMLC_CATALOG", "../catalogs/demo.yaml")  # a path or a URL
 OUTPUT = Path(os.environ.get("MMLC_OUTPUT", "../outputs/notebooks/02")).resolve()
 catalog = load_catalog(CATALOG)
 METHODS = os.environ.get("MMLC_METHODS", f"baseline,{catalog.model.method}").split(",")

@@ -8,6 +8,11 @@ exports into ``<output>/<scene>/<date>/``. Built for cron and systemd timers:
   records what that job saw and where its outputs went);
 * one job per scene at a time: an exclusive, non-blocking lock on ``<output>/<scene>/.lock``; a
   scene whose lock is held by another job fails with "locked by another job";
+* catalogs and ``--output`` may be URLs (``s3://...``). An object store has no locks: for a remote
+  output the lock is a local file (in ``$MMLC_CACHE/locks/``, named by the scene folder's URL), so
+  it keeps jobs of *one machine* apart; schedule a scene's jobs from one machine (one cron host).
+  The state file and exports go to the object store; the JSON-lines log stays local (``--log``,
+  else ``batch-log.jsonl`` in the current folder), as an object cannot be appended to;
 * one failing scene (or catalog) does not stop the others;
 * exit status 0 when every scene is done or skipped, 1 when any failed, 2 for bad usage;
 * a JSON-lines log, ``<output>/batch-log.jsonl``: one line per scene per job.
@@ -35,6 +40,7 @@ from pipeline.cli import configure_logging, failure_line, guarded
 from pipeline.config.catalog import Catalog, Scene, load_catalog
 from pipeline.files import write_json
 from pipeline.locks import scene_lock
+from pipeline.storage import Location, as_location, is_remote, is_url, local_copy, local_path
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +88,13 @@ def scene_key(catalog: Catalog, scene: Scene) -> str:
         "model": catalog.model.model_dump(mode="json"),
         "training": catalog.training.model_dump(mode="json"),
         "output": catalog.output.model_dump(mode="json", include={"formats", "tile_size", "batch_pixels"}),
-        "checkpoint": checkpoint_hash(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None,
+        "checkpoint": checkpoint_hash(local_copy(checkpoint)) if checkpoint is not None and checkpoint.exists() else None,
         "pipeline_version": pipeline.__version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def read_state(scene_dir: Path) -> dict[str, Any] | None:
+def read_state(scene_dir: Location) -> dict[str, Any] | None:
     """The state the last successful job of a scene left, or None (absent or unreadable)."""
     try:
         return json.loads((scene_dir / STATE_FILE).read_text())
@@ -96,11 +102,11 @@ def read_state(scene_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def is_up_to_date(state: dict[str, Any] | None, key: str) -> bool:
-    """True when the last successful job saw ``key`` and its outputs are all still there."""
+def is_up_to_date(state: dict[str, Any] | None, key: str, options: dict[str, Any] | None = None) -> bool:
+    """True when the last successful job saw ``key`` and its outputs (paths or URLs) are all still there."""
     if not state or state.get("key") != key:
         return False
-    return all(Path(p).exists() for p in state.get("outputs", {}).values())
+    return all(as_location(p, options).exists() for p in state.get("outputs", {}).values())
 
 
 # --------------------------------------------------------------------------- locking and logging
@@ -124,7 +130,7 @@ def _now() -> str:
 # --------------------------------------------------------------------------- jobs
 
 
-def work_catalog(catalog: Catalog, root: Path) -> Catalog:
+def work_catalog(catalog: Catalog, root: Location) -> Catalog:
     """A copy of ``catalog`` whose shared work (scene store, checkpoints, map store) goes to ``root/_work``."""
     copy = catalog.model_copy(deep=True)
     copy.output.folder = root / WORK_FOLDER
@@ -141,7 +147,7 @@ def job_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc} (unexpected: a bug in the pipeline, traceback in the log)"
 
 
-def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: bool = False,
+def run_scene_job(catalog: Catalog, scene: Scene, root: Location, date: str, force: bool = False,
                   progress: bool = False) -> SceneOutcome:
     """Map one scene into ``root/<scene>/<date>/`` unless it is up to date; never raises for a scene's failure."""
     from pipeline.run import run_scene
@@ -154,7 +160,7 @@ def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: 
             key = scene_key(catalog, scene)
             outcome.key = key
             state = read_state(scene_dir)
-            if not force and is_up_to_date(state, key):
+            if not force and is_up_to_date(state, key, catalog.storage.fsspec_options()):
                 assert state is not None
                 outcome.status, outcome.outputs = "skipped", state["outputs"]
                 outcome.date = state.get("date")
@@ -162,7 +168,7 @@ def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: 
             else:
                 export_dir = scene_dir / date
                 result = run_scene(work_catalog(catalog, root), scene, progress=progress, export_dir=export_dir)
-                outputs = {k: str(v) for k, v in result.outputs.items() if Path(v).is_relative_to(export_dir)}
+                outputs = {k: str(v) for k, v in result.outputs.items() if str(v).startswith(f"{export_dir}/")}
                 write_json(scene_dir / STATE_FILE, {
                     "key": key, "date": date, "catalog": str(catalog.path), "finished": _now(), "outputs": outputs,
                 })
@@ -175,7 +181,7 @@ def run_scene_job(catalog: Catalog, scene: Scene, root: Path, date: str, force: 
     return outcome
 
 
-def run_batch(catalog_paths: list[Path], output: Path | None = None, date: str | None = None,
+def run_batch(catalog_paths: list[Path | str], output: Path | str | None = None, date: str | None = None,
               force: bool = False, progress: bool = False, log_file: Path | None = None) -> list[SceneOutcome]:
     """Run every scene of every catalog; returns one outcome per scene (or per catalog that fails to load).
 
@@ -186,7 +192,7 @@ def run_batch(catalog_paths: list[Path], output: Path | None = None, date: str |
     ``log_file`` its line goes to ``batch-log.jsonl`` in the current folder.
     """
     date = date or dt.date.today().isoformat()
-    if log_file is None and output is not None:
+    if log_file is None and output is not None and not is_url(output):
         log_file = Path(output) / LOG_FILE
     outcomes: list[SceneOutcome] = []
     for path in catalog_paths:
@@ -194,16 +200,20 @@ def run_batch(catalog_paths: list[Path], output: Path | None = None, date: str |
         try:
             catalog = load_catalog(path)
         except Exception as exc:  # a bad catalog is a failure of that catalog only
-            outcome = SceneOutcome(_now(), str(Path(path).resolve()), None, "failed",
+            outcome = SceneOutcome(_now(), str(path if is_url(path) else Path(path).resolve()), None, "failed",
                                    round(time.perf_counter() - started, 3), error=job_error(exc), date=date)
             log.error("catalog %s failed: %s", path, outcome.error)
             append_log(log_file or Path.cwd() / LOG_FILE, outcome)
             outcomes.append(outcome)
             continue
-        root = Path(output).resolve() if output is not None else Path(catalog.output.folder)
+        if output is None:
+            root = catalog.output.folder
+        else:
+            root = as_location(output, catalog.storage.fsspec_options())
+            root = root if is_remote(root) else local_path(root).resolve()
         for scene in catalog.scenes:
             outcome = run_scene_job(catalog, scene, root, date, force, progress)
-            append_log(log_file or root / LOG_FILE, outcome)
+            append_log(log_file or (Path.cwd() if is_remote(root) else local_path(root)) / LOG_FILE, outcome)
             outcomes.append(outcome)
     return outcomes
 
@@ -223,14 +233,14 @@ def _date(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.batch", description=__doc__.splitlines()[0],
                                      epilog="exit status: 0 all done or skipped, 1 some failed, 2 bad usage")
-    parser.add_argument("catalogs", type=Path, nargs="+", metavar="CATALOG")
-    parser.add_argument("--output", type=Path, help="root of the outputs (default: each catalog's output.folder)")
+    parser.add_argument("catalogs", nargs="+", metavar="CATALOG", help="catalog files or URLs")
+    parser.add_argument("--output", help="root of the outputs, a folder or a URL (default: each catalog's output.folder)")
     parser.add_argument("--date", type=_date, help="date naming the output folders (default: today)")
     parser.add_argument("--force", action="store_true", help="map every scene even when unchanged")
     parser.add_argument("--log", type=Path, help="JSON-lines log file (default: <output>/batch-log.jsonl)")
     parser.add_argument("--progress", action="store_true", help="show progress bars (off: logs suit cron)")
     args = parser.parse_args(argv)
-    missing = [str(p) for p in args.catalogs if not p.is_file()]
+    missing = [str(p) for p in args.catalogs if not is_url(p) and not Path(p).is_file()]  # a URL: checked when read
     if missing:
         parser.error(f"no such catalog file: {', '.join(missing)}")
     configure_logging(with_time=True)

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import configure_logging, guarded, open_catalog
+from pipeline.config.errors import InputError
+from pipeline.storage import is_remote
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("catalog", type=Path)
+    parser.add_argument("catalog", help="the catalog YAML file, or its URL")
     parser.add_argument("--methods", help="comma-separated, e.g. baseline,mamol (ablations: mamol:use_dynamic=false)")
     parser.add_argument("--protocol", default="mamol-table1", help="mamol-table1 | mamol-table3 | mamol-table5 | lvpcnet-table1")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the catalog's training.seed)")
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         scene = catalog.scene(args.scene)
         methods = args.methods.split(",") if args.methods else default_methods(args.protocol, catalog)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [catalog.training.seed]
+        if args.output is None and is_remote(catalog.output.folder):  # tables, figures and checkpoints are local files
+            raise InputError(catalog.path, "output.folder", "a local folder for the evaluation (or --output DIR)",
+                             str(catalog.output.folder))
         output = args.output or Path(catalog.output.folder) / scene.name / "evaluation" / args.protocol
         rows = [int(r) for r in args.rows.split(",")] if args.rows else None
         results = evaluate(catalog, args.protocol, methods, seeds, output, scene.name, args.max_test_pixels or None,

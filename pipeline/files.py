@@ -4,6 +4,12 @@ One rule, used everywhere the pipeline writes an output: write under a temporary
 name beside the target (same folder, so the same filesystem), then move it into
 place with :func:`os.replace`. Temporary names start with ``.<name>.tmp-`` so that
 :func:`remove_stale_temporaries` can clean what a killed run left behind.
+
+The same helpers take a remote location (a URL, see :mod:`pipeline.storage`): a file
+is written to a local temporary and uploaded in one PUT (an object appears whole or
+not at all); a directory is filled locally and uploaded, or (:func:`atomic_store`, for
+Zarr writers that speak URLs) written in place, in both cases with the store's
+completion marker deleted first and written last.
 """
 
 from __future__ import annotations
@@ -12,10 +18,23 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from pipeline.storage import (
+    Location,
+    as_location,
+    filesystem,
+    is_remote,
+    local_path,
+    mark_complete,
+    mark_incomplete,
+    remove_tree,
+    url,
+)
 
 TMP_MARK = ".tmp-"
 
@@ -26,9 +45,17 @@ def temporary_sibling(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed."""
-    target = Path(path)
+def atomic_file(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed.
+
+    For a remote ``path`` the temporary is local and is uploaded on success.
+    """
+    location = as_location(path)
+    if is_remote(location):
+        with _uploaded_file(location) as tmp:
+            yield tmp
+        return
+    target = local_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     try:
@@ -39,14 +66,23 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
             leftover.unlink(missing_ok=True)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
+@contextmanager
+def _uploaded_file(target: Location) -> Iterator[Path]:
+    """A local temporary file that becomes the object ``target`` in one upload when the block succeeds."""
+    with tempfile.TemporaryDirectory(prefix="mmlc-upload-") as folder:
+        tmp = Path(folder) / target.name
+        yield tmp
+        filesystem(target).put_file(str(tmp), url(target))
+
+
+def write_text(path: str | os.PathLike[str] | Location, text: str) -> Location:
     """Write ``text`` to ``path`` atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
-    return Path(path)
+    return as_location(path)
 
 
-def write_json(path: str | os.PathLike[str], document: Any, indent: int | None = 2, allow_nan: bool = True) -> Path:
+def write_json(path: str | os.PathLike[str] | Location, document: Any, indent: int | None = 2, allow_nan: bool = True) -> Location:
     """Write ``document`` as JSON to ``path`` atomically (serialised before anything is written)."""
     return write_text(path, json.dumps(document, indent=indent, default=str, allow_nan=allow_nan) + "\n")
 
@@ -70,9 +106,23 @@ def replace_directory(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary directory to fill; on success it replaces ``path``, on failure it is removed."""
-    target = Path(path)
+def atomic_directory(path: str | os.PathLike[str] | Location) -> Iterator[Path]:
+    """Yield an empty temporary directory to fill; on success it replaces ``path``, on failure it is removed.
+
+    For a remote ``path`` the directory is local; on success its files are uploaded under
+    ``path`` (after the old result's completion marker is deleted and its objects removed)
+    and the marker is written last.
+    """
+    location = as_location(path)
+    if is_remote(location):
+        with tempfile.TemporaryDirectory(prefix="mmlc-upload-") as folder:
+            staging = Path(folder) / location.name
+            staging.mkdir()
+            yield staging
+            with atomic_store(location):
+                filesystem(location).put(f"{staging}/", url(location), recursive=True)
+        return
+    target = local_path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_sibling(target)
     staging.mkdir()
@@ -83,10 +133,34 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporary files and directories that killed runs left in ``folder`` (not recursive)."""
+@contextmanager
+def atomic_store(path: str | os.PathLike[str] | Location) -> Iterator[Location]:
+    """Like :func:`atomic_directory`, for writers that speak URLs (Zarr): a remote store is written in place.
+
+    A local ``path`` gets a temporary directory moved into place. A remote ``path`` is yielded
+    itself, emptied after its completion marker is deleted; the marker is written when the block
+    succeeds, so a failed or killed write leaves a store that readers do not take as complete.
+    """
+    location = as_location(path)
+    if not is_remote(location):
+        with atomic_directory(location) as staging:
+            yield staging
+        return
+    mark_incomplete(location)
+    remove_tree(location)
+    yield location
+    mark_complete(location)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str] | Location) -> list[Path]:
+    """Delete the temporary files and directories that killed runs left in ``folder`` (not recursive).
+
+    Only local folders: on an object store nothing is renamed into place, so nothing is left aside.
+    """
     removed: list[Path] = []
-    root = Path(folder)
+    if is_remote(as_location(folder)):
+        return removed
+    root = local_path(as_location(folder))
     if not root.is_dir():
         return removed
     for entry in root.iterdir():
@@ -99,17 +173,25 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def publish_files(staging: Path, folder: Path) -> list[Path]:
+def publish_files(staging: Path, folder: Location) -> list[Location]:
     """Move every file of the complete ``staging`` folder into ``folder`` (renames only, so no byte is written).
 
     The set is written in full before the first rename; the renames need no free space, so a full
-    disk or a failed export leaves the previous set in ``folder`` untouched.
+    disk or a failed export leaves the previous set in ``folder`` untouched. On an object store
+    each file is uploaded whole (one PUT), in name order, so ``stac-item.json`` comes last.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    moved = []
+    moved: list[Location] = []
+    if is_remote(folder):
+        for entry in sorted(staging.iterdir()):
+            with atomic_file(folder / entry.name) as tmp:
+                shutil.copyfile(entry, tmp)
+            moved.append(folder / entry.name)
+        return moved
+    target = local_path(folder)
+    target.mkdir(parents=True, exist_ok=True)
     for entry in sorted(staging.iterdir()):
-        os.replace(entry, folder / entry.name)
-        moved.append(folder / entry.name)
+        os.replace(entry, target / entry.name)
+        moved.append(target / entry.name)
     return moved
 
 
@@ -118,6 +200,25 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+class NoRollback:
+    """What a run on an object store keeps: nothing. There a store counts only once its completion
+    marker is written (:func:`atomic_store`), so a failed run never leaves a half-written result to undo."""
+
+    def keep(self, path: object) -> None:
+        """Nothing to snapshot."""
+
+    def restore(self) -> None:
+        """Nothing to put back."""
+
+    def commit(self) -> None:
+        """Nothing to drop."""
+
+
+def rollback_for(root: Location) -> Rollback | NoRollback:
+    """The rollback of a run writing under ``root``: hard-link snapshots locally, none on an object store."""
+    return NoRollback() if is_remote(root) else Rollback(local_path(root))
 
 
 ROLLBACK_FOLDER = ".rollback"

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pipeline.cli import configure_logging, guarded, open_catalog
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("catalog", type=Path, help="the catalog YAML file")
+    parser.add_argument("catalog", help="the catalog YAML file, or its URL")
     parser.add_argument("--scene", help="ingest only this scene")
     parser.add_argument("--force", action="store_true", help="rewrite the store even when its inputs are unchanged")
     args = parser.parse_args(argv)

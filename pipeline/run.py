@@ -35,13 +35,23 @@ from pipeline.cli import configure_logging, guarded, open_catalog
 from pipeline.config.catalog import Catalog, Scene
 from pipeline.config.errors import CheckpointError, InputError, OutputError
 from pipeline.data.store import map_store_path, scene_store_path
-from pipeline.files import Rollback, publish_files, remove_stale_temporaries, temporary_sibling
+from pipeline.files import NoRollback, Rollback, publish_files, remove_stale_temporaries, rollback_for, temporary_sibling
 from pipeline.inference.cluster import dask_client, torch_threads_per_worker
 from pipeline.inference.compatibility import check_checkpoint_fits, class_pairs
 from pipeline.inference.mapping import MapResult
 from pipeline.inference.tiling import tile_windows
 from pipeline.learn.sampling import Split
 from pipeline.locks import scene_lock
+from pipeline.storage import (
+    Location,
+    as_location,
+    check_writable_location,
+    is_complete,
+    is_remote,
+    local_copy,
+    local_path,
+    open_zarr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SceneRun:
     scene: str
-    outputs: dict[str, Path]
+    outputs: dict[str, Location]
     report: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -62,11 +72,17 @@ def training_hash(catalog: Catalog, scene_hash: str | None, method: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def check_writable(folder: Path, catalog_file: Path | None) -> None:
+def check_writable(folder: Location, catalog_file: Location | None) -> None:
     """Refuse an output folder that cannot be created or written, naming the catalog's ``output.folder``."""
+    if is_remote(folder):  # an object store: credentials and permissions are checked by the first write
+        try:
+            check_writable_location(folder)
+        except ValueError as exc:
+            raise InputError(catalog_file, "output.folder", "a local folder or an object-store URL (s3://, gs://, az://)", str(exc)) from None
+        return
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        local_path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=local_path(folder), prefix=".write-test-"):
             pass
     except OSError as exc:
         raise InputError(catalog_file, "output.folder", f"a writable folder at {folder}", f"{exc.strerror or exc}") from None
@@ -102,7 +118,7 @@ def verified_checkpoint(path: Path, scene: Scene, ds: xr.Dataset, catalog: Catal
 
 
 def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress: bool,
-                       rollback: Rollback | None = None) -> tuple[Path, dict[str, Any], float]:
+                       rollback: Rollback | NoRollback | None = None) -> tuple[Location, dict[str, Any], float]:
     """The catalog's checkpoint, a reusable earlier one, or a freshly trained one (seconds spent training).
 
     Before training replaces an earlier checkpoint, ``rollback`` keeps it, so a run that fails later
@@ -111,12 +127,13 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
     from pipeline.learn.training import default_checkpoint_dir, train
 
     if catalog.model.checkpoint is not None:
-        return catalog.model.checkpoint, verified_checkpoint(catalog.model.checkpoint, scene, ds, catalog), 0.0
+        local = local_copy(catalog.model.checkpoint)  # a URL is read from the local cache
+        return catalog.model.checkpoint, verified_checkpoint(local, scene, ds, catalog), 0.0
     folder = default_checkpoint_dir(catalog, scene, catalog.model.method)
     wanted = training_hash(catalog, ds.attrs.get("content_hash"), catalog.model.method)
-    if (folder / "config.json").exists():
+    if is_complete(folder) and (folder / "config.json").exists():
         try:
-            metadata = verified_checkpoint(folder, scene, ds, catalog)
+            metadata = verified_checkpoint(local_copy(folder), scene, ds, catalog)
             if metadata.get("training_hash") == wanted:
                 log.info("reusing checkpoint %s", folder)
                 return folder, metadata, 0.0
@@ -130,10 +147,10 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
     started = time.perf_counter()
     with disk_errors_name(folder):
         result = train(catalog, scene.name, progress=progress, extra_metadata={"training_hash": wanted})
-    return result.checkpoint, verified_checkpoint(result.checkpoint, scene, ds, catalog), time.perf_counter() - started
+    return result.checkpoint, verified_checkpoint(local_copy(result.checkpoint), scene, ds, catalog), time.perf_counter() - started
 
 
-def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
+def held_out_accuracy(ds: xr.Dataset, map_store: Location, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
     """Accuracy on labelled pixels that did not train or validate the model, read in row blocks."""
     from pipeline.learn.metrics import classification_summary
     from pipeline.learn.sampling import class_index_lookup
@@ -152,7 +169,7 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadat
     if metadata.get("scene_hash") == ds.attrs.get("content_hash") and split_file.exists():
         used = checked_split(split_file).used_for_training(shape)
         excluded = True
-    mapped = xr.open_zarr(map_store, consolidated=False)
+    mapped = open_zarr(map_store, consolidated=False)
     truth_all, pred_all = [], []
     for r0 in range(0, shape[0], rows_per_block):
         sl = slice(r0, r0 + rows_per_block)
@@ -181,7 +198,7 @@ def run_scene(
     workers: int | None = None,
     tile_size: int | None = None,
     progress: bool = True,
-    export_dir: Path | None = None,
+    export_dir: Location | None = None,
     listen: str | None = None,
 ) -> SceneRun:
     """Ingest, train when needed, map and export one scene, holding the scene's lock.
@@ -195,14 +212,14 @@ def run_scene(
     the run replaces are kept (:class:`~pipeline.files.Rollback`) and put back when the run fails, so
     the previous complete set stays as it was.
     """
-    work_dir = Path(catalog.output.folder) / scene.name
-    out_dir = Path(export_dir) if export_dir is not None else work_dir
+    work_dir = as_location(catalog.output.folder) / scene.name
+    out_dir = as_location(export_dir) if export_dir is not None else work_dir
     for folder in dict.fromkeys((work_dir, out_dir)):
         check_writable(folder, catalog.path)
     with scene_lock(work_dir):
         for folder in dict.fromkeys((work_dir, out_dir)):
             remove_stale_temporaries(folder)
-        rollback = Rollback(work_dir)
+        rollback = rollback_for(work_dir)
         try:
             result = _run_scene_locked(catalog, scene, work_dir, out_dir, rollback, scheduler, workers, tile_size,
                                        progress, listen)
@@ -212,7 +229,7 @@ def run_scene(
         return result
 
 
-def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Path, out_dir: Path, rollback: Rollback,
+def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Location, out_dir: Location, rollback: Rollback | NoRollback,
                       scheduler: str | None, workers: int | None, tile_size: int | None, progress: bool,
                       listen: str | None) -> SceneRun:
     from pipeline.data.ingest import ingest_scene, scene_content_hash, stored_hash
@@ -227,7 +244,7 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Path, out_dir: P
     with disk_errors_name(store):
         store = ingest_scene(catalog, scene)
     timings["ingest"] = time.perf_counter() - t
-    ds = xr.open_zarr(store)
+    ds = open_zarr(store)
 
     notes: list[str] = []
     counts = ds["available"].sum(dim=("y", "x")).values
@@ -256,9 +273,8 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Path, out_dir: P
             )
     timings["classify"] = time.perf_counter() - t
 
-    outputs: dict[str, Path] = {"map_store": final_map, "scene_store": store, "checkpoint": checkpoint}
-    staging = temporary_sibling(out_dir / "exports")
-    staging.mkdir()
+    outputs: dict[str, Location] = {"map_store": final_map, "scene_store": store, "checkpoint": checkpoint}
+    staging = export_staging(out_dir)
     try:
         report = export_scene(catalog, scene, ds, final_map, checkpoint, metadata, mapped, tile, timings, notes,
                               staging, out_dir, outputs)
@@ -292,7 +308,7 @@ def disk_errors_name(path: Path) -> Iterator[None]:
         raise OutputError(exc.filename or path, "output.folder", "room to write the outputs", exc.strerror or str(exc)) from None
 
 
-def output_failure(exc: Exception, out_dir: Path) -> OutputError | None:
+def output_failure(exc: Exception, out_dir: Location) -> OutputError | None:
     """The :class:`OutputError` an export failure stands for (an OS error, or GDAL's on a full disk), else None.
 
     GDAL does not always pass ENOSPC on (a full disk can surface as "not recognized as being in a
@@ -301,8 +317,10 @@ def output_failure(exc: Exception, out_dir: Path) -> OutputError | None:
     expected = "room and permission to write the outputs"
     if isinstance(exc, OSError) and exc.strerror:
         return OutputError(exc.filename or out_dir, "output.folder", expected, exc.strerror)
+    if is_remote(out_dir):
+        return None
     try:
-        free = shutil.disk_usage(out_dir).free
+        free = shutil.disk_usage(local_path(out_dir)).free
     except OSError:
         return None
     if free < LOW_DISK_BYTES:
@@ -311,9 +329,19 @@ def output_failure(exc: Exception, out_dir: Path) -> OutputError | None:
     return None
 
 
-def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Path, checkpoint: Path,
+def export_staging(out_dir: Location) -> Path:
+    """An empty local folder for the exports: beside ``out_dir`` (renames publish them), or a temporary
+    folder when ``out_dir`` is on an object store (uploads publish them)."""
+    if is_remote(out_dir):
+        return Path(tempfile.mkdtemp(prefix="mmlc-exports-"))
+    staging = temporary_sibling(local_path(out_dir) / "exports")
+    staging.mkdir()
+    return staging
+
+
+def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Location, checkpoint: Location,
                  metadata: dict[str, Any], mapped: MapResult, tile: int, timings: dict[str, float], notes: list[str],
-                 staging: Path, out_dir: Path, outputs: dict[str, Path]) -> dict[str, Any]:
+                 staging: Path, out_dir: Location, outputs: dict[str, Location]) -> dict[str, Any]:
     """Write the COGs, quicklook, report and STAC item into ``staging``; ``outputs`` gets their final paths in ``out_dir``."""
     from pipeline.outputs.cog import (
         write_class_cog,
@@ -325,7 +353,8 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Path
     from pipeline.outputs.webmap import WEB_MAP, write_web_map
 
     t = time.perf_counter()
-    map_ds = xr.open_zarr(final_map, consolidated=False)
+    map_ds = open_zarr(final_map, consolidated=False)
+    local_checkpoint = local_copy(checkpoint)  # the checkpoint itself, or its cached copy when it is a URL
     staged: dict[str, Path] = {}
     formats = set(catalog.output.formats)
     if "cog" in formats:
@@ -333,13 +362,13 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Path
         staged["confidence"] = write_confidence_cog(map_ds, staging / "confidence.tif")
         staged["availability"] = write_pattern_cog(map_ds, staging / "availability.tif")
     if "png" in formats:
-        staged["quicklook"] = write_quicklook(map_ds, staging / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(checkpoint)}")
+        staged["quicklook"] = write_quicklook(map_ds, staging / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(local_checkpoint)}")
     if "html" in formats:  # drawn from the staged COGs (the catalog refuses 'html' without 'cog')
         staged["webmap"] = write_web_map(staging, staging / WEB_MAP)
     outputs.update({k: out_dir / Path(v).name for k, v in staged.items()})
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
-    accuracy = held_out_accuracy(ds, final_map, checkpoint, metadata)
+    accuracy = held_out_accuracy(ds, final_map, local_checkpoint, metadata)
     timings["accuracy"] = time.perf_counter() - t
     if mapped.gpu:
         notes.append(f"classified on GPU workers: tiles per device {mapped.devices}")
@@ -347,8 +376,8 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Path
         map_ds,
         scene_name=scene.name,
         catalog_hash=catalog.content_hash(),
-        checkpoint_hash=checkpoint_hash(checkpoint),
-        method=metadata_method(checkpoint),
+        checkpoint_hash=checkpoint_hash(local_checkpoint),
+        method=metadata_method(local_checkpoint),
         timings=timings,
         accuracy=accuracy,
         availability_note=notes,
@@ -361,8 +390,8 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Path
         staged["report"] = write_report(report, staging / "report.json")
         outputs["report"] = out_dir / "report.json"
     if "stac" in formats:
-        assets: dict[str, Path] = {k: staged[k] for k in ("landcover", "confidence", "availability", "quicklook", "webmap", "report") if k in staged}
-        write_stac_item(report, map_ds, staging / "stac-item.json", assets)
+        assets: dict[str, Location] = {k: staged[k] for k in ("landcover", "confidence", "availability", "quicklook", "webmap", "report") if k in staged}
+        write_stac_item(report, map_ds, staging / "stac-item.json", assets, published_in=out_dir)
         outputs["stac"] = out_dir / "stac-item.json"
     return report
 
@@ -372,22 +401,23 @@ def metadata_method(checkpoint: Path) -> str:
 
 
 def run(catalog: Catalog, scheduler: str | None = None, workers: int | None = None, tile_size: int | None = None,
-        output: Path | None = None, progress: bool = True, listen: str | None = None) -> list[SceneRun]:
+        output: Path | str | None = None, progress: bool = True, listen: str | None = None) -> list[SceneRun]:
     from pipeline.datasets.demo import ensure_generated_sources
 
     if output is not None:
-        catalog.output.folder = output.resolve()
+        folder = as_location(output)
+        catalog.output.folder = folder if is_remote(folder) else local_path(folder).resolve()
     ensure_generated_sources(catalog)
     return [run_scene(catalog, s, scheduler, workers, tile_size, progress, listen=listen) for s in catalog.scenes]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.splitlines()[0])
-    parser.add_argument("catalog", type=Path)
+    parser.add_argument("catalog", help="catalog file or URL (s3://bucket/catalog.yaml)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     parser.add_argument("--workers", type=int, help="local Dask worker processes")
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default: output.tile_size)")
-    parser.add_argument("--output", type=Path, help="output folder (default: output.folder)")
+    parser.add_argument("--output", help="output folder or object-store URL (default: output.folder)")
     parser.add_argument("--listen", metavar="ADDRESS",
                         help="address the local Dask cluster (scheduler, workers, dashboard) listens on "
                              "(default: cluster.listen, 127.0.0.1); 0.0.0.0 exposes it to the network")

@@ -15,7 +15,7 @@ from pipeline.cli import configure_logging, guarded, open_catalog
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.splitlines()[0])
-    parser.add_argument("catalog", type=Path)
+    parser.add_argument("catalog", help="the catalog YAML file, or its URL")
     parser.add_argument("--scene", help="scene name (default: the first)")
     parser.add_argument("--method", help="registered method (default: the catalog's model.method)")
     parser.add_argument("--protocol", help="none | mmp | eta:<rate> | rates:<modality>=<rate>,...")

@@ -2,7 +2,10 @@
 
 The catalog is validated with pydantic. Every section forbids unknown keys, so a
 misspelt key is an error that names the file and the key. Relative paths are
-resolved against the folder of the catalog file.
+resolved against the folder of the catalog file, also when the catalog itself is a
+URL. Any path may be a URL (``s3://bucket/key``, ``gs://``, ``az://``, ``https://``
+for inputs); URLs become :class:`upath.UPath` locations carrying the ``storage``
+section's options (see :mod:`pipeline.storage`).
 """
 
 from __future__ import annotations
@@ -12,21 +15,49 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from upath import UPath
 
 from pipeline.config.errors import CatalogError
 from pipeline.config.limits import MAX_CATALOG_BYTES, MAX_CATALOG_NODES, expanded_nodes
 from pipeline.config.params import check_model_params
+from pipeline.storage import (
+    CREDENTIAL_KEYS,
+    READ_ONLY_SCHEMES,
+    Location,
+    as_location,
+    is_remote,
+    local_path,
+    resolve_against,
+)
+
+
+def _location(value: Any) -> Location:
+    if isinstance(value, (str, Path, UPath)):
+        return as_location(value)
+    raise ValueError(f"a path or a URL, not {type(value).__name__}")
+
+
+#: A catalog path: a local path (resolved against the catalog's folder) or a URL.
+PathOrURL = Annotated[
+    Any,  # Path | UPath
+    PlainValidator(_location),
+    PlainSerializer(str, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "description": "a path (relative to the catalog) or a URL"}),
+]
 
 ModalityKind = Literal["hs", "lidar", "sar", "msi"]
 SourceFormat = Literal["geotiff", "envi", "mat", "zarr"]
@@ -59,8 +90,8 @@ class Source(_Section):
     (band, y, x) or to be guessed from the shape (``auto``).
     """
 
-    path: Path | None = None
-    paths: list[Path] | None = None
+    path: PathOrURL | None = None
+    paths: list[PathOrURL] | None = None
     format: SourceFormat = "geotiff"
     key: str | None = None
     band_order: Literal["auto", "yxb", "byx"] = "auto"
@@ -72,7 +103,7 @@ class Source(_Section):
         return self
 
     @property
-    def files(self) -> list[Path]:
+    def files(self) -> list[Location]:
         return [self.path] if self.path is not None else list(self.paths or [])
 
 
@@ -115,7 +146,7 @@ class Grid(_Section):
 class CloudMask(_Section):
     """A cloud mask: a raster (boolean or probability, compared with ``threshold``) or vector polygons."""
 
-    path: Path
+    path: PathOrURL
     type: Literal["raster", "vector"] | None = None
     threshold: float = 0.5
     applies_to: list[str] | None = Field(default=None, description="modalities it hides; default the optical ones")
@@ -133,7 +164,7 @@ class SensorFailure(_Section):
     """A sensor-failure record: a whole modality out, a footprint, or a time window."""
 
     modality: str
-    footprint: Path | None = Field(default=None, description="polygons where the modality is absent")
+    footprint: PathOrURL | None = Field(default=None, description="polygons where the modality is absent")
     start: dt.datetime | None = None
     end: dt.datetime | None = None
     reason: str | None = None
@@ -176,7 +207,7 @@ class Labels(_Section):
     """Ground truth: one raster or vector source, and optionally fixed train/test splits."""
 
     source: Source | None = None
-    vector: Path | None = Field(default=None, description="polygons with a class column")
+    vector: PathOrURL | None = Field(default=None, description="polygons with a class column")
     class_column: str = "class"
     train: Source | None = None
     test: Source | None = None
@@ -231,7 +262,7 @@ class Scene(_Section):
     def modality_names(self) -> list[str]:
         return [m.name for m in self.modalities]
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[Location]:
         """Every file the scene refers to: modality sources, labels, cloud masks, failure footprints."""
         files = [f for m in self.modalities for f in m.source.files]
         if self.labels is not None:
@@ -285,7 +316,7 @@ class Model(_Section):
     method: str = "mamol"
     backbone: str = Field(default="tiny", description="preset: ViT-B-16, small, tiny, ...")
     pretrained: Path | str | None = Field(default=None, description="CLIP weights file, or 'openai' to download")
-    checkpoint: Path | None = None
+    checkpoint: PathOrURL | None = None
     patch_size: int = Field(default=7, ge=1)
     params: dict[str, Any] = Field(default_factory=dict, description="method hyper-parameters")
     precision: Literal["float32", "bfloat16", "auto"] = "auto"
@@ -299,7 +330,7 @@ class Model(_Section):
 
 
 class Output(_Section):
-    folder: Path = Path("outputs")
+    folder: PathOrURL = Path("outputs")
     formats: list[Literal["cog", "png", "json", "stac", "html"]] = Field(
         default_factory=lambda: ["cog", "png", "json", "stac", "html"])
     tile_size: int = Field(default=128, ge=8)
@@ -331,6 +362,43 @@ class Cluster(_Section):
                         "dashboard listen on; 0.0.0.0 exposes them to the network")
 
 
+class Storage(_Section):
+    """How URLs in the catalog are opened (fsspec ``storage_options``); never credentials.
+
+    Credentials come from the environment as each tool expects (``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` or ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``,
+    ``AZURE_STORAGE_ACCOUNT_NAME`` ...). ``options`` passes further fsspec options of the
+    URL's protocol through unchanged.
+    """
+
+    endpoint_url: str | None = Field(default=None, description="an S3-compatible endpoint, e.g. https://minio.example:9000")
+    anonymous: bool = Field(default=False, description="unsigned requests (public buckets)")
+    profile: str | None = Field(default=None, description="a named profile of ~/.aws/config")
+    region: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, Any]) -> dict[str, Any]:
+        secrets = sorted(k for k in v if k.lower() in CREDENTIAL_KEYS)
+        if secrets:
+            raise ValueError(f"no credentials in a catalog ({', '.join(secrets)}): set them in the environment")
+        return v
+
+    def fsspec_options(self) -> dict[str, Any]:
+        """The ``storage_options`` fsspec/s3fs take for the catalog's URLs."""
+        options: dict[str, Any] = dict(self.options)
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.anonymous:
+            options["anon"] = True
+        if self.profile:
+            options["profile"] = self.profile
+        if self.region:
+            options.setdefault("client_kwargs", {})["region_name"] = self.region
+        return options
+
+
 class Catalog(_Section):
     name: str
     description: str | None = None
@@ -339,7 +407,8 @@ class Catalog(_Section):
     training: Training = Field(default_factory=Training)
     output: Output = Field(default_factory=Output)
     cluster: Cluster = Field(default_factory=Cluster)
-    path: Path | None = Field(default=None, exclude=True, description="the catalog file, set by load_catalog")
+    storage: Storage = Field(default_factory=Storage)
+    path: PathOrURL | None = Field(default=None, exclude=True, description="the catalog file, set by load_catalog")
 
     @model_validator(mode="after")
     def _unique_scenes(self) -> Catalog:
@@ -364,25 +433,33 @@ class Catalog(_Section):
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _resolve_paths(obj: Any, base: Path) -> None:
-    """Make every Path field absolute against ``base`` (the catalog's folder), in place."""
+def _resolve_paths(obj: Any, base: Location, options: dict[str, Any]) -> None:
+    """Make every path field absolute against ``base`` (the catalog's folder), URLs carrying ``options``, in place."""
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, (Path, UPath)):
+            # The storage options are the object store's; a read-only https:// input is opened plainly.
+            remote = isinstance(value, UPath) and is_remote(value) and value.protocol not in READ_ONLY_SCHEMES
+            return resolve_against(base, as_location(value, options) if remote else value)
+        return value
+
     if isinstance(obj, BaseModel):
         for name in type(obj).model_fields:
             if name == "path" and isinstance(obj, Catalog):
                 continue
             value = getattr(obj, name)
-            if isinstance(value, Path):
-                object.__setattr__(obj, name, (base / value).resolve() if not value.is_absolute() else value)
+            if isinstance(value, (Path, UPath)):
+                object.__setattr__(obj, name, resolved(value))
             elif isinstance(value, list):
-                new = [(base / v).resolve() if isinstance(v, Path) and not v.is_absolute() else v for v in value]
+                new = [resolved(v) for v in value]
                 object.__setattr__(obj, name, new)
                 for v in new:
-                    _resolve_paths(v, base)
+                    _resolve_paths(v, base, options)
             else:
-                _resolve_paths(value, base)
+                _resolve_paths(value, base, options)
     elif isinstance(obj, dict):
         for v in obj.values():
-            _resolve_paths(v, base)
+            _resolve_paths(v, base, options)
 
 
 def _format_location(loc: tuple[Any, ...], data: Any) -> str:
@@ -401,7 +478,7 @@ def _format_location(loc: tuple[Any, ...], data: Any) -> str:
     return ".".join(parts)
 
 
-def parse_catalog(data: Any, path: Path | None = None) -> Catalog:
+def parse_catalog(data: Any, path: Location | None = None) -> Catalog:
     """Validate a catalog mapping; ``path`` (the file) names errors and anchors relative paths."""
     if not isinstance(data, dict):
         raise CatalogError(path, "(top level)", "a mapping with 'name' and 'scenes'", type(data).__name__)
@@ -423,16 +500,28 @@ def parse_catalog(data: Any, path: Path | None = None) -> Catalog:
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise CatalogError(path, key, expected + more, found_text) from None
     check_model_params(catalog.model.method, catalog.model.params, path)
-    base = path.parent.resolve() if path is not None else Path.cwd()
-    _resolve_paths(catalog, base)
-    catalog.path = path.resolve() if path is not None else None
+    options = catalog.storage.fsspec_options()
+    if path is not None and is_remote(path):
+        catalog.path = as_location(str(path), options)
+        base: Location = catalog.path.parent
+    else:
+        catalog.path = local_path(path).resolve() if path is not None else None
+        base = catalog.path.parent if catalog.path is not None else Path.cwd()
+    try:
+        _resolve_paths(catalog, base, options)
+    except ValueError as exc:
+        raise CatalogError(path, "(paths)", "paths relative to the catalog, or URLs", str(exc)) from None
     return catalog
 
 
-def load_catalog(path: str | Path) -> Catalog:
-    """Read and validate a YAML catalog file."""
-    path = Path(path)
-    if not path.is_file():
+def load_catalog(path: str | Path | UPath) -> Catalog:
+    """Read and validate a YAML catalog file (a local path or a URL: its storage options come from the environment)."""
+    path = as_location(path)
+    try:
+        present = path.is_file()
+    except OSError as exc:  # a URL that cannot be reached (endpoint, permissions)
+        raise CatalogError(path, "(file)", "a readable YAML catalog", f"{type(exc).__name__}: {exc}") from None
+    if not present:
         raise CatalogError(path, "(file)", "an existing YAML catalog file", "no such file")
     try:
         size = path.stat().st_size

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from upath import UPath
+
+from pipeline.storage import as_location
+
 
 class PipelineError(Exception):
     """Base of every error the pipeline reports to a user."""
@@ -16,8 +20,8 @@ class PipelineError(Exception):
 class InputError(PipelineError):
     """A problem with an input: a file, a key inside it, a value."""
 
-    def __init__(self, file: str | Path | None, key: str, expected: str, found: str = "") -> None:
-        self.file = Path(file) if file is not None else None
+    def __init__(self, file: str | Path | UPath | None, key: str, expected: str, found: str = "") -> None:
+        self.file = as_location(file) if file is not None else None  # a Path, or a URL (upath.UPath)
         self.key = key
         self.expected = expected
         self.found = found

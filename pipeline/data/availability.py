@@ -43,6 +43,7 @@ from pipeline.config.catalog import (
     SensorFailure,
 )
 from pipeline.config.errors import AlignmentError, InputError
+from pipeline.storage import gdal_path
 
 # --------------------------------------------------------------------------- the grid
 
@@ -74,7 +75,7 @@ def _read_polygons(path: Path, fallback_crs: str | None, key: str) -> gpd.GeoDat
     if not path.exists():
         raise InputError(path, key, "an existing vector file (GeoJSON, GeoPackage, Shapefile)", "no such file")
     try:
-        frame = gpd.read_file(path)
+        frame = gpd.read_file(gdal_path(path))
     except (DataSourceError, DataLayerError, OSError, ValueError) as exc:
         raise InputError(path, key, "a vector file geopandas can read", str(exc)) from exc
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
@@ -128,7 +129,7 @@ def _read_cloud_raster(cloud: CloudMask, like: xr.DataArray, key: str) -> np.nda
     if not path.exists():
         raise InputError(path, key, "an existing cloud raster", "no such file")
     try:
-        opened = rioxarray.open_rasterio(path, masked=True)
+        opened = rioxarray.open_rasterio(gdal_path(path), masked=True)
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
         raise InputError(path, key, "a raster rasterio can read", str(exc)) from exc
     if not isinstance(opened, xr.DataArray):

@@ -24,6 +24,7 @@ from rasterio.warp import transform_bounds
 
 from pipeline.config.catalog import Grid
 from pipeline.config.errors import AlignmentError, CatalogError
+from pipeline.storage import Location
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def align(
     grid: SceneGrid,
     *,
     categorical: bool = False,
-    file: Path | None = None,
+    file: Location | None = None,
     key: str = "",
 ) -> xr.DataArray:
     """Put ``da`` (band, y, x) on ``grid``: bilinear for continuous values, nearest for labels and masks.

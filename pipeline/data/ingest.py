@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +28,15 @@ from pipeline.data.grid import SceneGrid, align, scene_grid
 from pipeline.data.labels import scene_labels
 from pipeline.data.sources import read_source
 from pipeline.data.store import band_dim, scene_store_path, wavelength_coord
-from pipeline.files import (
-    atomic_directory,
+from pipeline.files import atomic_store
+from pipeline.storage import (
+    Location,
+    configure_gdal,
+    is_complete,
+    is_remote,
+    remote_identity,
+    url,
+    zarr_kwargs,
 )
 
 log = logging.getLogger(__name__)
@@ -45,8 +51,10 @@ EDGE_BYTES = 2**20
 # ----------------------------------------------------------------------------- content hash
 
 
-def _related_files(path: Path) -> list[Path]:
-    """``path`` and its side-car files (ENVI header, shapefile parts, .aux.xml), or a store's files."""
+def _related_files(path: Location) -> list[Location]:
+    """``path`` and its side-car files (ENVI header, shapefile parts, .aux.xml), or a store's files (a URL: itself)."""
+    if is_remote(path):
+        return [path]
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
     if not path.parent.is_dir():
@@ -56,7 +64,9 @@ def _related_files(path: Path) -> list[Path]:
     return sorted(set(siblings) | {path})
 
 
-def _fingerprint(path: Path) -> dict[str, Any]:
+def _fingerprint(path: Location) -> dict[str, Any]:
+    if is_remote(path):  # an object's size and ETag (of every object under a prefix): nothing is downloaded
+        return {"path": url(path), "identity": remote_identity(path)} if path.exists() else {"path": url(path), "missing": True}
     if not path.exists():
         return {"path": str(path), "missing": True}
     stat = path.stat()
@@ -74,7 +84,7 @@ def _fingerprint(path: Path) -> dict[str, Any]:
 
 def scene_content_hash(catalog: Catalog, scene: Scene) -> str:
     """sha256 of the validated scene section, tile size, input files and pipeline version."""
-    files = sorted({f for path in scene.files() for f in _related_files(path)})
+    files = sorted({f for path in scene.files() for f in _related_files(path)}, key=str)
     payload = {
         "scene": scene.model_dump(mode="json"),
         "tile_size": catalog.output.tile_size,
@@ -84,12 +94,12 @@ def scene_content_hash(catalog: Catalog, scene: Scene) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def stored_hash(path: Path) -> str | None:
-    """The content hash of an existing scene store, or None when there is no readable store."""
-    if not path.is_dir():
+def stored_hash(path: Location) -> str | None:
+    """The content hash of an existing complete scene store, or None when there is no readable complete store."""
+    if not is_complete(path):
         return None
     try:
-        return zarr.open_group(path, mode="r").attrs.get("content_hash")
+        return zarr.open_group(url(path), mode="r", **zarr_kwargs(path)).attrs.get("content_hash")
     except (OSError, ValueError):  # an unreadable old store (zarr's errors derive from these) is rewritten
         return None
 
@@ -184,14 +194,18 @@ def _chunked(ds: xr.Dataset, tile: int) -> xr.Dataset:
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_atomically(ds: xr.Dataset, path: Path) -> None:
-    """Write the store under a temporary name and move it into place; an old store is replaced, never left half-written."""
-    with atomic_directory(path) as staging:
-        ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=True)
+def _write_atomically(ds: xr.Dataset, path: Location) -> None:
+    """Write the store under a temporary name and move it into place; an old store is replaced, never left half-written.
+
+    On an object store the store is written in place and its completion marker written last.
+    """
+    with atomic_store(path) as staging:
+        ds.to_zarr(url(staging), mode="w", zarr_format=3, consolidated=True, **zarr_kwargs(staging))
 
 
-def ingest_scene(catalog: Catalog, scene: Scene, force: bool = False) -> Path:
-    """Write (or keep, when its inputs are unchanged) the scene store of ``scene``; returns its path."""
+def ingest_scene(catalog: Catalog, scene: Scene, force: bool = False) -> Location:
+    """Write (or keep, when its inputs are unchanged) the scene store of ``scene``; returns its location."""
+    configure_gdal(catalog.storage.fsspec_options())  # remote inputs are read by GDAL, also in Dask's threads
     path = scene_store_path(catalog.output.folder, scene.name)
     content_hash = scene_content_hash(catalog, scene)
     if not force and stored_hash(path) == content_hash:
@@ -206,6 +220,6 @@ def ingest_scene(catalog: Catalog, scene: Scene, force: bool = False) -> Path:
     return path
 
 
-def ingest_catalog(catalog: Catalog, force: bool = False) -> list[Path]:
+def ingest_catalog(catalog: Catalog, force: bool = False) -> list[Location]:
     """Ingest every scene of a catalog, in catalog order."""
     return [ingest_scene(catalog, scene, force=force) for scene in catalog.scenes]

@@ -17,9 +17,10 @@ from pipeline.config.catalog import Labels, Source
 from pipeline.config.errors import AlignmentError, SourceError
 from pipeline.data.grid import SceneGrid, align
 from pipeline.data.sources import read_source
+from pipeline.storage import Location, gdal_path
 
 
-def _check_values(values: np.ndarray, labels: Labels, file: Path, key: str) -> np.ndarray:
+def _check_values(values: np.ndarray, labels: Labels, file: Location, key: str) -> np.ndarray:
     allowed = {0, *(c.value for c in labels.classes)}
     present = np.unique(values)
     unknown = [v for v in present.tolist() if v not in allowed]
@@ -59,7 +60,7 @@ def vector_labels(path: Path, labels: Labels, grid: SceneGrid, key: str) -> np.n
     if not path.is_file():
         raise SourceError(path, key, "an existing vector file of labelled polygons", "no such file")
     try:
-        frame = gpd.read_file(path)
+        frame = gpd.read_file(gdal_path(path))
     except Exception as exc:  # pyogrio raises its own DataSourceError family
         raise SourceError(path, key, "a readable vector file (GeoJSON, GeoPackage, Shapefile)", f"{type(exc).__name__}: {exc}") from None
     column = labels.class_column

@@ -16,6 +16,9 @@ Scene store (``<output.folder>/<scene>/scene.zarr``, Zarr v3, written by ingest)
            classes [{value, name, color, description}], modalities [{name, kind, bands, acquired, nodata}],
            content_hash, scene, tile_size, pipeline_version
 
+Either store may be on an object store (``s3://.../scene.zarr``): it is complete when its
+``<store>.complete`` marker exists (see :mod:`pipeline.storage`).
+
 Chunks: every band of a modality in one chunk, ``tile_size`` x ``tile_size`` in (y, x).
 
 Map store (``<output.folder>/<scene>/map.zarr``, written tile by tile by mapping)::
@@ -30,18 +33,18 @@ available; 0 means nothing was available).
 
 from __future__ import annotations
 
-from pathlib import Path
+from pipeline.storage import Location, as_location
 
 CLASS_NODATA = 0
 PATTERN_NODATA = 0
 
 
-def scene_store_path(output_folder: Path, scene: str) -> Path:
-    return Path(output_folder) / scene / "scene.zarr"
+def scene_store_path(output_folder: Location, scene: str) -> Location:
+    return as_location(output_folder) / scene / "scene.zarr"
 
 
-def map_store_path(output_folder: Path, scene: str) -> Path:
-    return Path(output_folder) / scene / "map.zarr"
+def map_store_path(output_folder: Location, scene: str) -> Location:
+    return as_location(output_folder) / scene / "map.zarr"
 
 
 def band_dim(modality: str) -> str:

@@ -47,6 +47,7 @@ from pipeline.files import (
     atomic_file,
     temporary_sibling,
 )
+from pipeline.storage import local_path
 
 log = logging.getLogger(__name__)
 
@@ -611,7 +612,7 @@ def ensure_demo_data(scene: Scene, catalog_file: Path | None = None, seed: int =
         return
     folder = scene.modalities[0].source.files[0].parent
     log.info("generating the demo scene into %s", folder)
-    generate_demo_scene(folder, seed=seed)
+    generate_demo_scene(local_path(folder), seed=seed)  # the generator writes local files
     for f in files:
         if not f.exists():
             raise CatalogError(

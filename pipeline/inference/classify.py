@@ -31,6 +31,7 @@ from pipeline.data.patches import (
 )
 from pipeline.data.store import CLASS_NODATA
 from pipeline.inference.allocator import keep_freed_memory_for_reuse
+from pipeline.storage import as_location, local_copy, url, zarr_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class TileTask:
     batch_pixels: int | str = "auto"
     precision: str = "auto"
     torch_threads: int | None = None
+    storage_options: dict[str, Any] | None = None  # for stores and checkpoint given as URLs (never credentials)
 
 
 @dataclass
@@ -107,15 +109,16 @@ def resolved_batch_pixels(batch_pixels: int | str, device: torch.device) -> int:
     return int(batch_pixels)
 
 
-def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "auto", torch_threads: int | None = None) -> LoadedClassifier:
-    """The model for a checkpoint, loaded once per process (keyed by its hash)."""
+def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "auto", torch_threads: int | None = None,
+                    storage_options: dict[str, Any] | None = None) -> LoadedClassifier:
+    """The model for a checkpoint (a folder, or a URL copied to the local cache), loaded once per process (keyed by its hash)."""
     key = f"{checkpoint_hash}:{precision}"
     if key in _CACHE:
         return _CACHE[key]
     if torch_threads:
         torch.set_num_threads(torch_threads)
     keep_freed_memory_for_reuse()  # Dask workers start with an allocator setting that halves CPU inference speed
-    model, metadata = load_checkpoint(checkpoint, map_location="cpu")
+    model, metadata = load_checkpoint(local_copy(checkpoint, storage_options), map_location="cpu")
     device = pick_device()
     model.to(device).eval()
     loaded = LoadedClassifier(
@@ -165,10 +168,12 @@ def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, ba
 def process_tile(task: TileTask) -> dict[str, Any]:
     """Classify a tile, write it into the map store by region, then mark the tile done."""
     started = time.perf_counter()
-    loaded = load_classifier(task.checkpoint, task.checkpoint_hash, task.precision, task.torch_threads)
-    ds = xr.open_zarr(task.scene_store, chunks=None)
+    loaded = load_classifier(task.checkpoint, task.checkpoint_hash, task.precision, task.torch_threads, task.storage_options)
+    scene = as_location(task.scene_store, task.storage_options)
+    ds = xr.open_zarr(url(scene), chunks=None, **zarr_kwargs(scene))
     result = classify_window(ds, loaded, task.window, task.batch_pixels)
-    group = zarr.open_group(task.map_store, mode="r+")
+    map_store = as_location(task.map_store, task.storage_options)
+    group = zarr.open_group(url(map_store), mode="r+", **zarr_kwargs(map_store))
     ys, xs = task.window.slices
     for name, values in result.items():
         group[name][ys, xs] = values

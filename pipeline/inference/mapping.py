@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import xarray as xr
@@ -24,19 +23,20 @@ from pipeline.inference.classify import TileTask, process_tile
 from pipeline.inference.cluster import workers_with_resource
 from pipeline.inference.compatibility import check_checkpoint_fits
 from pipeline.inference.map_store import (
+    complete_run_key,
     finalise_map_store,
     prepare_map_store,
-    read_run_key,
     run_key,
 )
 from pipeline.inference.tiling import tile_windows
+from pipeline.storage import Location, local_copy, storage_options, url, zarr_kwargs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class MapResult:
-    store: Path
+    store: Location
     tiles_total: int
     tiles_computed: int
     seconds: float
@@ -54,16 +54,19 @@ def current_run_key(scene: xr.Dataset, ckpt_hash: str, tile_size: int, precision
     return run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision)
 
 
-def map_is_current(scene_store: Path, checkpoint: Path, map_store: Path, tile_size: int, precision: str = "auto") -> bool:
+def map_is_current(scene_store: Location, checkpoint: Location, map_store: Location, tile_size: int,
+                   precision: str = "auto") -> bool:
     """Whether ``map_store`` is already the finished map of this run (then no cluster is needed)."""
-    return read_run_key(map_store) == current_run_key(xr.open_zarr(scene_store), checkpoint_hash(checkpoint), tile_size, precision)
+    scene = xr.open_zarr(url(scene_store), **zarr_kwargs(scene_store))
+    key = current_run_key(scene, checkpoint_hash(local_copy(checkpoint)), tile_size, precision)
+    return complete_run_key(map_store) == key
 
 
 def map_scene(
     client: Client,
-    scene_store: Path,
-    checkpoint: Path,
-    map_store: Path,
+    scene_store: Location,
+    checkpoint: Location,
+    map_store: Location,
     tile_size: int,
     batch_pixels: int | str = "auto",
     precision: str = "auto",
@@ -77,12 +80,13 @@ def map_scene(
     tile is submitted: a mismatch is a :class:`~pipeline.config.errors.CheckpointError`.
     """
     started = time.perf_counter()
-    scene = xr.open_zarr(scene_store)
-    check_checkpoint_fits(checkpoint, scene, scene_store)
-    ckpt_hash = checkpoint_hash(checkpoint)
+    scene = xr.open_zarr(url(scene_store), **zarr_kwargs(scene_store))
+    local_checkpoint = local_copy(checkpoint)
+    check_checkpoint_fits(local_checkpoint, scene, scene_store)
+    ckpt_hash = checkpoint_hash(local_checkpoint)
     key = current_run_key(scene, ckpt_hash, tile_size, precision)
     tiles = tile_windows(scene.sizes["y"], scene.sizes["x"], tile_size)
-    if read_run_key(map_store) == key:
+    if complete_run_key(map_store) == key:
         log.info("map %s is up to date; nothing to classify", map_store)
         return MapResult(map_store, len(tiles), 0, time.perf_counter() - started, reused=True)
 
@@ -96,8 +100,10 @@ def map_scene(
     todo = [(idx, w) for idx, w in tiles if not done[idx]]
     if len(todo) < len(tiles):
         log.info("resuming: %d of %d tiles already done", len(tiles) - len(todo), len(tiles))
+    options = {**storage_options(checkpoint), **storage_options(scene_store), **storage_options(partial)}
     tasks = [
-        TileTask(str(scene_store), str(partial), str(checkpoint), ckpt_hash, idx, w, batch_pixels, precision, torch_threads)
+        TileTask(url(scene_store), url(partial), url(checkpoint), ckpt_hash, idx, w, batch_pixels, precision, torch_threads,
+                 options or None)
         for idx, w in todo
     ]
     keys = [f"classify-tile-{key[:8]}-{t.tile_index[0]}-{t.tile_index[1]}" for t in tasks]

@@ -37,17 +37,18 @@ from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.files import atomic_directory
 from pipeline.learn.protocols import protocol_availability, save_protocol_table
 from pipeline.learn.sampling import Split, make_split
+from pipeline.storage import Location, as_location, open_zarr
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
-    checkpoint: Path
+    checkpoint: Location  # a folder, or a URL when output.folder is on an object store
     history: list[dict[str, float]]
     best_val_oa: float
     seconds: float
-    split_path: Path
+    split_path: Location
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,8 +61,8 @@ def build_catalog_model(config: ModelConfig, catalog_file: Path | None) -> Missi
                          str(exc)) from None
 
 
-def default_checkpoint_dir(catalog: Catalog, scene: Scene, method: str) -> Path:
-    return Path(catalog.output.folder) / scene.name / "checkpoints" / method
+def default_checkpoint_dir(catalog: Catalog, scene: Scene, method: str) -> Location:
+    return as_location(catalog.output.folder) / scene.name / "checkpoints" / method
 
 
 def parse_protocol(text: str) -> Protocol:
@@ -258,7 +259,7 @@ def prepare_training_data(catalog: Catalog, scene: Scene, seed: int, method: str
     from pipeline.data.ingest import ingest_scene
 
     store = ingest_scene(catalog, scene)
-    ds = xr.open_zarr(store)
+    ds = open_zarr(store)
     config = model_config_for(catalog, scene, ds, method)
     assert scene.labels is not None
     split = make_split(ds, scene.labels, catalog.training, seed, catalog.path)

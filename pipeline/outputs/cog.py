@@ -35,6 +35,7 @@ from models.patterns import complete_pattern, pattern_name
 from pipeline.config.errors import InputError
 from pipeline.data.store import CLASS_NODATA, PATTERN_NODATA
 from pipeline.files import atomic_file, temporary_sibling
+from pipeline.storage import Location, as_location
 
 CLASS_VAR = "class"
 CONFIDENCE_VAR = "confidence"
@@ -132,7 +133,7 @@ def _windows(height: int, width: int) -> Iterator[Window]:
 
 def _write_cog(
     variable: xr.DataArray,
-    path: Path,
+    path: Location,
     *,
     crs: CRS,
     transform: Affine,
@@ -142,9 +143,12 @@ def _write_cog(
     description: str,
     colormap: dict[int, tuple[int, int, int, int]] | None = None,
     band_tags: dict[str, str] | None = None,
-) -> Path:
-    """Stream ``variable`` window by window into a scratch tiled GeoTIFF, then copy it as a COG."""
-    path = Path(path)
+) -> Location:
+    """Stream ``variable`` window by window into a scratch tiled GeoTIFF, then copy it as a COG.
+
+    ``path`` may be a URL: the COG is made locally and uploaded (see :func:`pipeline.files.atomic_file`).
+    """
+    path = as_location(path)
     height, width = variable.shape
     profile = {
         "driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": dtype,
@@ -154,7 +158,7 @@ def _write_cog(
     }
     if colormap:
         profile["photometric"] = "palette"
-    with (rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_file(path) as tmp, _scratch_file(path) as scratch):
+    with (rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_file(path) as tmp, _scratch_file(tmp) as scratch):
         with rasterio.open(scratch, "w", **profile) as dst:
             if colormap:  # before any pixel: GDAL cannot change the photometric tag once blocks are written
                 dst.write_colormap(1, colormap)
@@ -175,6 +179,7 @@ def _write_cog(
 
 @contextmanager
 def _scratch_file(path: Path) -> Iterator[Path]:
+    """A scratch GeoTIFF beside the local file ``path`` (the COG's temporary), removed afterwards."""
     scratch = temporary_sibling(path.with_name(f"{path.stem}-scratch.tif"))
     try:
         yield scratch
@@ -183,7 +188,7 @@ def _scratch_file(path: Path) -> Iterator[Path]:
             leftover.unlink(missing_ok=True)
 
 
-def write_class_cog(map_ds: xr.Dataset, path: Path) -> Path:
+def write_class_cog(map_ds: xr.Dataset, path: Location) -> Location:
     """Write the class map as a COG (uint8, nodata 0, colour table, MODE overviews) and a ``.qml`` beside it.
 
     Class names are band tags ``class_<value>`` (and the band description is ``class``); the QGIS
@@ -198,11 +203,11 @@ def write_class_cog(map_ds: xr.Dataset, path: Path) -> Path:
     written = _write_cog(variable, path, crs=crs, transform=transform, dtype="uint8", nodata=CLASS_NODATA,
                          resampling="MODE", description=BAND_DESCRIPTIONS[CLASS_VAR], colormap=colormap, band_tags=tags)
     entries = [(int(c["value"]), c["color"], str(c["name"])) for c in classes]
-    write_qgis_style(entries, Path(path).with_suffix(".qml"))
+    write_qgis_style(entries, as_location(path).with_suffix(".qml"))
     return written
 
 
-def write_confidence_cog(map_ds: xr.Dataset, path: Path) -> Path:
+def write_confidence_cog(map_ds: xr.Dataset, path: Location) -> Location:
     """Write the max-probability confidence as a float32 COG with NaN nodata and AVERAGE overviews."""
     variable = map_variable(map_ds, CONFIDENCE_VAR, None)
     if variable.dtype.kind != "f":
@@ -212,7 +217,7 @@ def write_confidence_cog(map_ds: xr.Dataset, path: Path) -> Path:
                       resampling="AVERAGE", description=BAND_DESCRIPTIONS[CONFIDENCE_VAR])
 
 
-def write_pattern_cog(map_ds: xr.Dataset, path: Path) -> Path:
+def write_pattern_cog(map_ds: xr.Dataset, path: Location) -> Location:
     """Write the availability pattern as a uint8 COG: colour table, tags ``pattern_<code>`` = 'hs+lidar', ``.qml``."""
     variable = map_variable(map_ds, PATTERN_VAR, "uint8")
     crs, transform = map_georeference(map_ds)
@@ -225,11 +230,11 @@ def write_pattern_cog(map_ds: xr.Dataset, path: Path) -> Path:
                          resampling="MODE", description=BAND_DESCRIPTIONS[PATTERN_VAR], colormap=colormap,
                          band_tags=tags)
     entries = [(code, "#{:02x}{:02x}{:02x}".format(*rgba[:3]), pattern_name(code, names)) for code, rgba in colors.items()]
-    write_qgis_style(entries, Path(path).with_suffix(".qml"))
+    write_qgis_style(entries, as_location(path).with_suffix(".qml"))
     return written
 
 
-def write_qgis_style(entries: list[tuple[int, str, str]], path: Path) -> Path:
+def write_qgis_style(entries: list[tuple[int, str, str]], path: Location) -> Location:
     """A QGIS layer style (paletted renderer): one ``(value, '#rrggbb', label)`` entry per value."""
     qgis = ET.Element("qgis", version="3.28", styleCategories="AllStyleCategories")
     pipe = ET.SubElement(qgis, "pipe")
@@ -244,7 +249,7 @@ def write_qgis_style(entries: list[tuple[int, str, str]], path: Path) -> Path:
     ET.SubElement(qgis, "blendMode").text = "0"
     ET.indent(qgis)
     text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(qgis, encoding="unicode")
-    path = Path(path)
+    path = as_location(path)
     with atomic_file(path) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     return path
@@ -265,8 +270,8 @@ def decimated_view(map_ds: xr.Dataset, max_side: int = QUICKLOOK_MAX_SIDE) -> tu
     return view.compute(), step
 
 
-def write_quicklook(map_ds: xr.Dataset, path: Path, title: str | None = None,
-                    max_side: int = QUICKLOOK_MAX_SIDE) -> Path:
+def write_quicklook(map_ds: xr.Dataset, path: Location, title: str | None = None,
+                    max_side: int = QUICKLOOK_MAX_SIDE) -> Location:
     """A PNG of the class map (class colours, nodata grey) and the availability pattern map, with legends.
 
     Axes are in CRS units. Maps larger than ``max_side`` pixels on a side are decimated first.
@@ -314,12 +319,12 @@ def write_quicklook(map_ds: xr.Dataset, path: Path, title: str | None = None,
         if 0 in present:
             handles.append(Patch(facecolor=NODATA_RGBA, edgecolor="0.4", label=nodata_label))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    suptitle = title or map_ds.attrs.get("scene") or Path(path).stem
+    suptitle = title or map_ds.attrs.get("scene") or as_location(path).stem
     if step > 1:
         suptitle += f" (every {step}th pixel)"
     figure.suptitle(suptitle)
 
-    path = Path(path)
+    path = as_location(path)
     with atomic_file(path) as tmp:
         figure.savefig(tmp, format="png")
     return path

@@ -25,6 +25,7 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.crs import CRS
+from upath import UPath
 
 from models.patterns import pattern_name
 from pipeline import __version__ as PIPELINE_VERSION
@@ -41,6 +42,7 @@ from pipeline.outputs.cog import (
     modality_names,
     pattern_colors,
 )
+from pipeline.storage import Location, as_location, gdal_path, is_remote, local_path, url
 
 STAC_VERSION = "1.0.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
@@ -173,19 +175,19 @@ def collect_versions() -> dict[str, str | None]:
     return versions
 
 
-def write_report(report: dict, path: Path) -> Path:
+def write_report(report: dict, path: Location) -> Location:
     """Write the report as JSON (strict: NaN is refused), atomically."""
     return _write_json(report, path)
 
 
-def _write_json(document: dict, path: Path) -> Path:
+def _write_json(document: dict, path: Location) -> Location:
     return write_text(path, json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n")
 
 
 def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, Path):
+    if isinstance(value, (Path, UPath)):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
@@ -197,22 +199,25 @@ def _now() -> str:
 # --------------------------------------------------------------------------- STAC
 
 
-def write_stac_item(report: dict, map_ds: xr.Dataset, path: Path, assets: Mapping[str, Path],
-                    acquired: dt.datetime | None = None) -> Path:
+def write_stac_item(report: dict, map_ds: xr.Dataset, path: Location, assets: Mapping[str, Location],
+                    acquired: dt.datetime | None = None, published_in: Location | None = None) -> Location:
     """Write a STAC 1.0.0 Item (projection and classification extensions) describing the outputs.
 
-    Asset hrefs are relative to the item's folder. The class and pattern COGs (recognised by
+    Asset hrefs are relative to the item's folder (the object URLs when the outputs are on an object store). The class and pattern COGs (recognised by
     their band description, else by the asset names ``class`` and ``pattern``) carry
     ``classification:classes``. The item's datetime is ``acquired`` when given, else the
     acquisition times in the map's ``modalities`` attrs (a start/end range when they differ),
     else now.
+
+    ``published_in``: the folder the item and its assets will be published in, when they are written
+    into a staging folder first (hrefs then name the published files: object URLs on a store).
     """
-    path = Path(path)
-    return _write_json(stac_item(report, map_ds, path.parent, assets, acquired), path)
+    path = as_location(path)
+    return _write_json(stac_item(report, map_ds, path.parent, assets, acquired, published_in), path)
 
 
-def stac_item(report: dict, map_ds: xr.Dataset, folder: Path, assets: Mapping[str, Path],
-              acquired: dt.datetime | None = None) -> dict:
+def stac_item(report: dict, map_ds: xr.Dataset, folder: Location, assets: Mapping[str, Location],
+              acquired: dt.datetime | None = None, published_in: Location | None = None) -> dict:
     """The STAC Item dict of :func:`write_stac_item`; hrefs relative to ``folder``."""
     crs, transform = map_georeference(map_ds)
     height, width = map_ds.sizes["y"], map_ds.sizes["x"]
@@ -237,7 +242,8 @@ def stac_item(report: dict, map_ds: xr.Dataset, folder: Path, assets: Mapping[st
         "bbox": [min(lons), min(lats), max(lons), max(lats)],
         "properties": properties,
         "links": [],
-        "assets": {name: _stac_asset(name, Path(target), Path(folder), map_ds) for name, target in assets.items()},
+        "assets": {name: _stac_asset(name, as_location(target), as_location(folder), map_ds, published_in)
+                   for name, target in assets.items()},
     }
     validate_stac_item(item)
     return item
@@ -289,13 +295,20 @@ def _stac_id(scene: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", scene).strip("-") or "scene"
 
 
-def _stac_asset(name: str, target: Path, folder: Path, map_ds: xr.Dataset) -> dict:
+def _stac_asset(name: str, target: Location, folder: Location, map_ds: xr.Dataset,
+                published_in: Location | None = None) -> dict:
     kind = ASSET_KINDS.get(target.suffix.lower())
     if kind is None:
         raise ValueError(f"asset {name!r}: {target.name} has no known media type "
                          f"(expected a suffix in {sorted(ASSET_KINDS)})")
     media_type, roles = kind
-    asset = {"href": Path(os.path.relpath(target, folder)).as_posix(), "type": media_type,
+    if published_in is not None:  # staged beside the item: the published file is the asset
+        href = url(as_location(published_in) / target.name) if is_remote(as_location(published_in)) else target.name
+    elif is_remote(target):
+        href = url(target)
+    else:
+        href = Path(os.path.relpath(local_path(target), local_path(folder))).as_posix()
+    asset = {"href": href, "type": media_type,
              "title": name, "roles": list(roles)}
     layer = _map_layer(name, target)
     if layer == CLASS_VAR:
@@ -313,10 +326,10 @@ def _stac_asset(name: str, target: Path, folder: Path, map_ds: xr.Dataset) -> di
     return asset
 
 
-def _map_layer(name: str, target: Path) -> str:
+def _map_layer(name: str, target: Location) -> str:
     """Which map variable a GeoTIFF asset holds: from its band description, else from the asset name."""
     if target.suffix.lower() in (".tif", ".tiff") and target.exists():
-        with rasterio.open(target) as src:
+        with rasterio.open(gdal_path(target)) as src:
             description = src.descriptions[0]
         for variable, known in BAND_DESCRIPTIONS.items():
             if description == known:

@@ -22,7 +22,7 @@ SECTIONS = {
     "Source": "`source`", "Georeference": "`georeference`", "Grid": "`scenes[].grid`",
     "Availability": "`scenes[].availability`", "CloudMask": "`clouds[]`", "SensorFailure": "`failures[]`",
     "Labels": "`scenes[].labels`", "ClassInfo": "`classes[]`", "Model": "`model`", "Training": "`training`",
-    "Protocol": "`training.protocol`", "Output": "`output`", "Cluster": "`cluster`",
+    "Protocol": "`training.protocol`", "Output": "`output`", "Cluster": "`cluster`", "Storage": "`storage`",
 }
 
 

@@ -3,12 +3,18 @@
 ``make_map_store(folder, ...)``: write a small map store (the layout of pipeline.data.store) for the
 export and report tests; ``.open()`` on the result opens it lazily as the pipeline does.
 ``make_exported_run(folder, ...)``: the same, plus the three COGs pipeline.run exports from it.
+``mapped_demo``: the small demo scene mapped once per session from local files with the trained
+checkpoint (one local worker, 32-pixel tiles): ``(output folder, runs)``, the reference map.
+``dask_processes(address, procs, workers)``: a context that waits for the ``workers`` of an external
+``dask scheduler`` / ``dask worker`` processes and terminates them on exit.
 (pytest runs with ``--import-mode=importlib``, so helpers reach tests as fixtures.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +112,39 @@ def _build_exported_run(folder: Path, **store: object) -> MapStore:
 @pytest.fixture(scope="session")
 def make_exported_run() -> Callable[..., MapStore]:
     return _build_exported_run
+@contextmanager
+def _dask_processes(address: str, procs: list[subprocess.Popen], workers: int) -> Iterator[str]:
+    """Wait until ``workers`` workers joined the scheduler at ``address``; terminate ``procs`` on exit."""
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=90)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="session")
+def dask_processes() -> Callable[..., AbstractContextManager[str]]:
+    return _dask_processes
+
+
+@pytest.fixture(scope="session")
+def mapped_demo(trained_demo, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    from pipeline.config.catalog import parse_catalog
+    from pipeline.run import run
+
+    catalog, checkpoint = trained_demo
+    out = tmp_path_factory.mktemp("mapped-demo")
+    data = catalog.model_dump(mode="json")
+    data["model"]["checkpoint"] = str(checkpoint)
+    data["output"]["folder"] = str(out)
+    runs = run(parse_catalog(data, catalog.path), workers=1, tile_size=32, progress=False)
+    return out, runs

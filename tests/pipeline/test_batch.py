@@ -16,10 +16,11 @@ import pytest
 import rasterio
 import yaml
 
-from pipeline.batch import LOG_FILE, STATE_FILE, main, run_batch, scene_key, scene_lock
+from pipeline.batch import LOG_FILE, STATE_FILE, main, run_batch, scene_key
 from pipeline.config.catalog import parse_catalog
 from pipeline.config.errors import PipelineError
 from pipeline.datasets.demo import generate_demo_scene
+from pipeline.locks import scene_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_SHAPE = (32, 64)
@@ -131,17 +132,23 @@ def test_scene_key_follows_inputs_catalog_entry_and_checkpoint(tiny_files, train
     assert key(data) != base, "an input file that changed"
 
 
+def _lock_holder(path: Path) -> subprocess.Popen:
+    """Another process holding the ``flock`` of ``path`` (for 60 s, or until killed)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_locked_scene_fails_and_leaves_its_outputs_alone(tiny_files, tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path / "c.yaml", catalog_dict(tiny_files, None))
     out = tmp_path / "out"
     (out / "tiny").mkdir(parents=True)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); time.sleep(60)", str(out / "tiny" / ".lock")],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = _lock_holder(out / "tiny" / ".lock")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         outcomes = run_batch([catalog], output=out, date="2024-06-01")
         assert [(o.scene, o.status) for o in outcomes] == [("tiny", "failed")]
         assert "locked by another job" in outcomes[0].error
@@ -182,3 +189,25 @@ def test_an_invalid_catalog_fails_with_status_1_and_a_log_line(tiny_files, tmp_p
     (entry,) = log_lines(log)
     assert entry["status"] == "failed" and entry["scene"] is None
     assert "output.colour" in entry["error"] and str(bad) in entry["error"]
+
+
+def test_lock_of_a_remote_scene_folder_is_a_local_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object store has no locks: a remote scene folder is locked by a local file named by its URL."""
+    from pipeline.locks import lock_path
+    from pipeline.storage import as_location
+
+    monkeypatch.setenv("MMLC_CACHE", str(tmp_path / "cache"))
+    remote = as_location("s3://bucket/outputs/tiny")
+    path = lock_path(remote)
+    assert path.parent == tmp_path / "cache" / "locks" and path.name.endswith(".lock")
+    assert lock_path(as_location("s3://bucket/outputs/other")) != path
+    holder = _lock_holder(path)
+    try:
+        with pytest.raises(PipelineError, match="locked by another job"):
+            with scene_lock(remote):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with scene_lock(remote):
+        pass

@@ -16,6 +16,7 @@ import xarray as xr
 from pipeline.config.catalog import Source
 from pipeline.config.errors import SourceError
 from pipeline.data.sources.geotiff import check_readable, open_lazily
+from pipeline.storage import is_remote, local_copy
 
 RASTER_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".envi")
 
@@ -32,7 +33,7 @@ def _header_and_raster(path: Path, where: str) -> tuple[Path, Path]:
         return header, raster
     if not path.is_file():
         raise SourceError(path, where, "an existing ENVI raster file", "no such file")
-    found = next((h for h in (path.with_suffix(".hdr"), Path(f"{path}.hdr")) if h.is_file()), None)
+    found = next((h for h in (path.with_suffix(".hdr"), path.with_name(path.name + ".hdr")) if h.is_file()), None)
     if found is None:
         raise SourceError(path, where, f"an ENVI header {path.with_suffix('.hdr').name} beside the raster", "none")
     header = found
@@ -64,6 +65,9 @@ def read_envi(source: Source, where: str) -> xr.DataArray:
     if source.path is None:
         raise SourceError(source.files[0], f"{where}.paths", "one ENVI file in 'path'", "'paths'")
     header, raster = _header_and_raster(source.path, f"{where}.path")
+    if is_remote(raster):  # ENVI is raw bytes beside a text header: both are fetched into the local cache
+        raster = local_copy(raster, None, header)
+        header = raster.parent / header.name
     try:
         check_readable(raster)  # a short raw file fails here, naming it, not inside a dask task
         da = open_lazily(raster)

@@ -5,11 +5,15 @@ scene larger than memory streams from the file into the scene store. Every block
 read once up front (:func:`check_readable`, one window of rows at a time, nothing
 kept) so a truncated or corrupt file fails here, naming the file and the catalog key,
 not later inside a dask task.
+
+A URL (``s3://``, ``gs://``, ``az://``, ``https://``) is read through GDAL's virtual file
+systems (``/vsis3/``, ``/vsicurl/``, see :func:`pipeline.storage.gdal_path`) with HTTP
+range requests, window by window: a remote Cloud-Optimized GeoTIFF is never downloaded
+whole. The full read-back check is skipped for remote files (it would download them);
+their header and one block are read instead, and a corrupt block fails when ingest reads it.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -19,11 +23,12 @@ from rasterio.windows import Window
 
 from pipeline.config.catalog import Source
 from pipeline.config.errors import SourceError
+from pipeline.storage import Location, gdal_path, is_remote
 
 
-def _band_wavelengths(path: Path) -> list[float] | None:
+def _band_wavelengths(path: Location) -> list[float] | None:
     """Band centres in nm from per-band tags: ``wavelength`` (+ ``wavelength_units``) or GDAL's IMAGERY domain."""
-    with rasterio.open(path) as src:
+    with rasterio.open(gdal_path(path)) as src:
         values: list[float] = []
         for band in range(1, src.count + 1):
             tags = src.tags(band)
@@ -43,12 +48,18 @@ READ_CHUNK = 256  # pixels per side of the lazy read windows (all bands): 16 MiB
 CHECK_BYTES = 32 * 2**20  # the readability check reads windows of rows of about this size
 
 
-def check_readable(path: Path | str) -> None:
+def check_readable(path: Location | str) -> None:
     """Read every pixel of a raster once, a window of rows at a time, keeping nothing.
 
     Raises rasterio's error for a truncated or corrupt block. Memory stays at one
-    window (about :data:`CHECK_BYTES`) whatever the file's size.
+    window (about :data:`CHECK_BYTES`) whatever the file's size. A remote raster is
+    opened and its first block read (reading it all would download it).
     """
+    if is_remote(path):
+        with rasterio.open(gdal_path(path)) as src:
+            height, width = src.block_shapes[0]
+            src.read(window=Window(0, 0, min(width, src.width), min(height, src.height)))
+        return
     with rasterio.open(path) as src:
         row_bytes = max(1, src.width * src.count * np.dtype(src.dtypes[0]).itemsize)
         rows = max(1, min(src.height, CHECK_BYTES // row_bytes))
@@ -56,13 +67,13 @@ def check_readable(path: Path | str) -> None:
             src.read(window=Window(0, r0, src.width, min(rows, src.height - r0)))
 
 
-def open_lazily(path: Path | str) -> xr.DataArray:
-    """``path`` as a dask-backed (band, y, x) DataArray in :data:`READ_CHUNK` windows."""
-    return rioxarray.open_rasterio(path, masked=False, chunks={"band": -1, "y": READ_CHUNK, "x": READ_CHUNK})
+def open_lazily(path: Location | str) -> xr.DataArray:
+    """``path`` (a file or a URL) as a dask-backed (band, y, x) DataArray in :data:`READ_CHUNK` windows."""
+    return rioxarray.open_rasterio(gdal_path(path), masked=False, chunks={"band": -1, "y": READ_CHUNK, "x": READ_CHUNK})
 
 
-def _read_one(path: Path, where: str) -> xr.DataArray:
-    if not path.is_file():
+def _read_one(path: Location, where: str) -> xr.DataArray:
+    if not is_remote(path) and not path.is_file():  # a URL is checked by opening it (GDAL names the HTTP error)
         raise SourceError(path, where, "an existing GeoTIFF file", "no such file")
     try:
         check_readable(path)

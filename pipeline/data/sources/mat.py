@@ -16,6 +16,7 @@ import xarray as xr
 from pipeline.config.catalog import Source
 from pipeline.config.errors import SourceError
 from pipeline.data.sources._array import band_yx, choose_key, to_dataarray
+from pipeline.storage import local_copy
 
 
 def _variables(path: Path) -> tuple[list[str], bool]:
@@ -41,6 +42,7 @@ def read_mat(source: Source, where: str) -> xr.DataArray:
     path = source.path
     if not path.is_file():
         raise SourceError(path, f"{where}.path", "an existing .mat file", "no such file")
+    path = local_copy(path)  # a remote .mat file is fetched whole into the cache (HDF5/MATLAB need random access)
     try:
         names, hdf5 = _variables(path)
     except (ValueError, OSError, NotImplementedError, TypeError) as exc:

@@ -6,22 +6,21 @@ every chunk is decoded once up front so a corrupt one is reported here.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import xarray as xr
 
 from pipeline.config.catalog import Source
 from pipeline.config.errors import SourceError
 from pipeline.data.sources._array import choose_key
+from pipeline.storage import Location, url, zarr_kwargs
 
 
-def _open(path: Path) -> xr.Dataset:
-    """Open with consolidated metadata when the store has it, without otherwise (and without a warning)."""
+def _open(path: Location) -> xr.Dataset:
+    """Open with consolidated metadata when the store has it, without otherwise (and without a warning); URLs too."""
     try:
-        return xr.open_zarr(path, decode_coords="all", consolidated=True)
+        return xr.open_zarr(url(path), decode_coords="all", consolidated=True, **zarr_kwargs(path))
     except (ValueError, KeyError):
-        return xr.open_zarr(path, decode_coords="all", consolidated=False)
+        return xr.open_zarr(url(path), decode_coords="all", consolidated=False, **zarr_kwargs(path))
 
 
 def check_chunks(da: xr.DataArray) -> None:

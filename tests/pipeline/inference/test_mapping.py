@@ -42,10 +42,8 @@ def _class_map(output: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference(trained_demo: tuple[Catalog, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
-    out = tmp_path_factory.mktemp("reference")
-    runs = run(_catalog(trained_demo, out), workers=1, tile_size=32, progress=False)
-    return out, runs
+def reference(mapped_demo: tuple[Path, list]) -> tuple[Path, list]:
+    return mapped_demo
 
 
 def test_run_writes_georeferenced_outputs(reference: tuple[Path, list]) -> None:
