@@ -208,6 +208,6 @@ def test_lock_of_a_remote_scene_folder_is_a_local_file(tmp_path: Path, monkeypat
                 pass
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits and closes the pipe
     with scene_lock(remote):
         pass
