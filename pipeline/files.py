@@ -246,11 +246,12 @@ class Rollback:
         listing = self.folder / KEPT_LIST
         return listing.read_text().split("\n")[:-1] if listing.is_file() else []
 
-    def keep(self, path: str | os.PathLike[str]) -> None:
+    def keep(self, path: str | os.PathLike[str] | Location) -> None:
         """Snapshot the folder ``path`` (under the root) unless it is absent or already kept."""
-        relative = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        path = local_path(as_location(path))
+        relative = path.resolve().relative_to(self.root.resolve()).as_posix()
         kept = self._kept()
-        if relative in kept or not Path(path).is_dir():
+        if relative in kept or not path.is_dir():
             return
         snapshot = self.folder / relative
         shutil.rmtree(snapshot, ignore_errors=True)  # an unlisted leftover of a run killed while snapshotting

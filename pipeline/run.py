@@ -295,7 +295,7 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 @contextmanager
-def disk_errors_name(path: Path) -> Iterator[None]:
+def disk_errors_name(path: Location) -> Iterator[None]:
     """A full or read-only disk while writing ``path`` becomes an :class:`OutputError` naming it.
 
     Python's ``write`` raises ENOSPC without a file name; the stage that writes knows which output it was.
@@ -355,7 +355,7 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Loca
     t = time.perf_counter()
     map_ds = open_zarr(final_map, consolidated=False)
     local_checkpoint = local_copy(checkpoint)  # the checkpoint itself, or its cached copy when it is a URL
-    staged: dict[str, Path] = {}
+    staged: dict[str, Location] = {}
     formats = set(catalog.output.formats)
     if "cog" in formats:
         staged["landcover"] = write_class_cog(map_ds, staging / "landcover.tif")
@@ -365,7 +365,7 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Loca
         staged["quicklook"] = write_quicklook(map_ds, staging / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(local_checkpoint)}")
     if "html" in formats:  # drawn from the staged COGs (the catalog refuses 'html' without 'cog')
         staged["webmap"] = write_web_map(staging, staging / WEB_MAP)
-    outputs.update({k: out_dir / Path(v).name for k, v in staged.items()})
+    outputs.update({k: out_dir / v.name for k, v in staged.items()})
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
     accuracy = held_out_accuracy(ds, final_map, local_checkpoint, metadata)

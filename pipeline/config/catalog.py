@@ -331,8 +331,7 @@ class Model(_Section):
 
 class Output(_Section):
     folder: PathOrURL = Path("outputs")
-    formats: list[Literal["cog", "png", "json", "stac", "html"]] = Field(
-        default_factory=lambda: ["cog", "png", "json", "stac", "html"])
+    formats: list[Literal["cog", "png", "json", "stac", "html"]] = Field(default=["cog", "png", "json", "stac", "html"])
     tile_size: int = Field(default=128, ge=8)
     batch_pixels: int | Literal["auto"] = Field(
         default="auto", description="pixels per forward pass; 'auto': 256 on CPU (stays in cache), 4096 on GPU")

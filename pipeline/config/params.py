@@ -9,11 +9,11 @@ for a numeric default; any plain value where every default is ``None``).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from pipeline.config.errors import CatalogError
 from pipeline.config.limits import MAX_PARAMS_BYTES, MAX_PARAMS_NODES, expanded_nodes
+from pipeline.storage import Location
 
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -40,7 +40,7 @@ def _expected_type(defaults: list[Any]) -> tuple[str, tuple[type, ...]]:
     return f"a {type(first).__name__}", (type(first),)
 
 
-def check_model_params(method: str, params: dict[str, Any], catalog_file: Path | None) -> None:
+def check_model_params(method: str, params: dict[str, Any], catalog_file: Location | None) -> None:
     """Raise :class:`CatalogError` naming ``model.params.<key>`` for an unknown key or a wrong type."""
     vocabularies = method_vocabularies()
     if method not in vocabularies:

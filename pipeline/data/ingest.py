@@ -99,7 +99,8 @@ def stored_hash(path: Location) -> str | None:
     if not is_complete(path):
         return None
     try:
-        return zarr.open_group(url(path), mode="r", **zarr_kwargs(path)).attrs.get("content_hash")
+        value = zarr.open_group(url(path), mode="r", **zarr_kwargs(path)).attrs.get("content_hash")
+        return value if isinstance(value, str) else None
     except (OSError, ValueError):  # an unreadable old store (zarr's errors derive from these) is rewritten
         return None
 

@@ -84,7 +84,7 @@ class _MirrorRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, allowed_hosts: Collection[str]) -> None:
         self.allowed_hosts = allowed_hosts
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]  # urllib's signature
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # urllib's signature
         problem = url_problem(newurl, self.allowed_hosts)
         if problem is not None:
             fp.close()

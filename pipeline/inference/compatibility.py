@@ -16,6 +16,7 @@ from models import CheckpointFormatError, read_checkpoint_config
 from models.checkpoint import CONFIG_FILE
 from pipeline.config.errors import CheckpointError
 from pipeline.data.store import band_dim
+from pipeline.storage import Location
 
 
 def class_pairs(classes: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -23,7 +24,7 @@ def class_pairs(classes: list[dict[str, Any]]) -> list[tuple[int, str]]:
     return [(int(c["value"]), str(c["name"])) for c in classes]
 
 
-def check_checkpoint_fits(checkpoint: Path, scene: xr.Dataset, source: Path | None,
+def check_checkpoint_fits(checkpoint: Path, scene: xr.Dataset, source: Location | None,
                           classes: list[tuple[int, str]] | None = None) -> dict[str, Any]:
     """The checkpoint's parsed ``config.json``, after checking it against the scene; else :class:`CheckpointError`.
 

@@ -51,7 +51,8 @@ def partial_path(final: Location) -> Location:
 def read_run_key(store: Location) -> str | None:
     """The run key of a map store, or None when there is no readable store there."""
     try:
-        return zarr.open_group(url(store), mode="r", **zarr_kwargs(store)).attrs.get("run_key")
+        key = zarr.open_group(url(store), mode="r", **zarr_kwargs(store)).attrs.get("run_key")
+        return key if isinstance(key, str) else None
     except Exception:  # noqa: BLE001 - any unreadable store is simply not reusable
         return None
 
@@ -102,14 +103,14 @@ def prepare_map_store(final: Location, scene: xr.Dataset, tile_size: int, key: s
     partial = partial_path(final)
     if read_run_key(partial) != key:
         create_map_store(partial, scene, tile_size, key, extra_attrs)
-    done = zarr.open_group(url(partial), mode="r", **zarr_kwargs(partial))["done"][...]
+    done = zarr.open_array(url(partial), path="done", mode="r", **zarr_kwargs(partial))[...]
     return partial, np.asarray(done, dtype=bool)
 
 
 def finalise_map_store(final: Location) -> Location:
     """Move a complete partial store into place (replacing an older map); on an object store, mark it complete."""
     partial = partial_path(final)
-    done = zarr.open_group(url(partial), mode="r", **zarr_kwargs(partial))["done"][...]
+    done = zarr.open_array(url(partial), path="done", mode="r", **zarr_kwargs(partial))[...]
     if not np.all(done):
         missing = int((~np.asarray(done, dtype=bool)).sum())
         raise RuntimeError(f"{partial}: {missing} tile(s) not written; the map is incomplete")

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -268,16 +269,16 @@ def footprint_lonlat(crs: CRS, transform: Affine, width: int, height: int,
 def _item_datetimes(map_ds: xr.Dataset, acquired: dt.datetime | None) -> dict:
     if acquired is not None:
         return {"datetime": _iso(acquired)}
-    times = set()
+    seen: set[str] = set()
     for modality in map_ds.attrs.get("modalities", []):
         if isinstance(modality, Mapping) and modality.get("acquired"):
             try:
                 text = str(modality["acquired"]).replace("Z", "+00:00")  # Python < 3.11 refuses 'Z'
-                times.add(_iso(dt.datetime.fromisoformat(text)))
+                seen.add(_iso(dt.datetime.fromisoformat(text)))
             except ValueError as error:
                 raise InputError(map_ds.encoding.get("source"), "attrs.modalities[].acquired",
                                  "an ISO 8601 time", repr(modality["acquired"])) from error
-    times = sorted(times)
+    times = sorted(seen)
     if len(times) == 1:
         return {"datetime": times[0]}
     if times:
@@ -308,7 +309,7 @@ def _stac_asset(name: str, target: Location, folder: Location, map_ds: xr.Datase
         href = url(target)
     else:
         href = Path(os.path.relpath(local_path(target), local_path(folder))).as_posix()
-    asset = {"href": href, "type": media_type,
+    asset: dict[str, Any] = {"href": href, "type": media_type,
              "title": name, "roles": list(roles)}
     layer = _map_layer(name, target)
     if layer == CLASS_VAR:

@@ -95,7 +95,8 @@ class WebMap:
 
     def save(self, path: str | Path) -> Path:
         """Write the page to ``path`` atomically."""
-        return write_text(Path(path), self.html)
+        write_text(Path(path), self.html)
+        return Path(path)
 
     def _repr_html_(self) -> str:
         return (f'<iframe srcdoc="{html.escape(self.html)}" style="width:100%;height:540px;border:none" '

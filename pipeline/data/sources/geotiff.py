@@ -69,7 +69,10 @@ def check_readable(path: Location | str) -> None:
 
 def open_lazily(path: Location | str) -> xr.DataArray:
     """``path`` (a file or a URL) as a dask-backed (band, y, x) DataArray in :data:`READ_CHUNK` windows."""
-    return rioxarray.open_rasterio(gdal_path(path), masked=False, chunks={"band": -1, "y": READ_CHUNK, "x": READ_CHUNK})
+    opened = rioxarray.open_rasterio(gdal_path(path), masked=False, chunks={"band": -1, "y": READ_CHUNK, "x": READ_CHUNK})
+    if not isinstance(opened, xr.DataArray):  # a container of subdatasets (HDF, NetCDF) is no single raster
+        raise ValueError(f"{path} holds several subdatasets, not one raster")
+    return opened
 
 
 def _read_one(path: Location, where: str) -> xr.DataArray:
