@@ -30,6 +30,11 @@ from pipeline.data.patches import (
     read_window,
 )
 from pipeline.data.store import CLASS_NODATA
+from pipeline.devices import (  # re-exported: older imports keep working
+    autocast_dtype,
+    cpu_has_native_bf16,  # noqa: F401
+    pick_device,
+)
 from pipeline.inference.allocator import keep_freed_memory_for_reuse
 
 log = logging.getLogger(__name__)
@@ -60,35 +65,6 @@ class LoadedClassifier:
 
 
 _CACHE: dict[str, LoadedClassifier] = {}
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, ~10x slower than float32."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = float32).
-
-    ``auto`` is bf16 where the hardware computes it natively (CUDA GPUs that support it,
-    CPUs with AVX512-BF16 or AMX) and float32 elsewhere; ``bfloat16`` is honoured
-    everywhere, with a warning on a CPU that can only emulate it.
-    """
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        if device.type == "cpu" and not cpu_has_native_bf16():
-            log.warning("precision bfloat16 on a CPU without bf16 units (no AVX512-BF16/AMX): torch emulates it, "
-                        "several times slower than float32; 'auto' picks float32 here")
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def resolved_precision(precision: str, device: torch.device | None = None) -> str:
