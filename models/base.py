@@ -82,6 +82,8 @@ class MissingModalityClassifier(nn.Module):
     """Base class: subclasses implement ``forward`` and may override the training hooks."""
 
     optimizer_defaults = OptimizerDefaults()
+    masks_modalities_in_training = False
+    """True when :meth:`training_availability` already draws protocol ``mmp``'s mask (MMP), so the trainer does not."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
 
 log = logging.getLogger(__name__)
+
+# cuBLAS is deterministic only with a fixed workspace; it must be set before the first CUDA call.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def pick_device() -> torch.device:

@@ -254,8 +254,9 @@ class Protocol(_Section):
 
     ``eta``: the fraction of incomplete samples, spread evenly over the
     2^M - 2 incomplete patterns. ``rates``: per-modality availability rates
-    instead. ``mmp``: each modality dropped with probability 0.5 per step, at
-    least one kept. ``none``: the availability the scene has.
+    instead. ``mmp``: for every method, each available modality dropped with
+    probability 0.5 anew at every training step, at least one kept (MMP's
+    masking). ``none``: the availability the scene has.
     """
 
     kind: Literal["none", "eta", "rates", "mmp"] = "eta"
@@ -274,7 +275,10 @@ class Training(_Section):
     lr: float | None = None
     weight_decay: float | None = None
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
-    patience: int = Field(default=8, ge=1)
+    patience: int = Field(default=8, ge=1, description="epochs without validation progress before stopping (selection: best)")
+    selection: Literal["last", "best"] = Field(
+        default="last", description="weights a stage keeps: 'last' (end of the annealed schedule) or 'best' validation OA")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="gradient norm clip per step (none: no clipping)")
     max_steps: int | None = None
     protocol: Protocol = Field(default_factory=Protocol)
 

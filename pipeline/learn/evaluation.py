@@ -162,8 +162,10 @@ def evaluate(
                 model = build_model(config)
                 t0 = time.perf_counter()
                 history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
-                              split.val_targets, catalog.training, seed, progress)
-                probs = predict(model, {m: v[testable] for m, v in test_p.items()}, test_avail[testable])
+                              split.val_targets, catalog.training, seed, progress,
+                              precision=catalog.model.precision, protocol=setting.train)
+                probs = predict(model, {m: v[testable] for m, v in test_p.items()}, test_avail[testable],
+                                precision=catalog.model.precision)
                 summary = classification_summary(test_targets[testable], probs.argmax(1), len(names), names)
                 summary.update({"setting": setting.label, "setting_index": s_i, "method": variant.label, "seed": seed,
                                 "epochs": len(history), "seconds": time.perf_counter() - t0,
