@@ -186,7 +186,7 @@ def run_scene(
         threads = None if (scheduler or catalog.cluster.scheduler) else torch_threads_per_worker(client)
         mapped = map_scene(
             client, store, checkpoint, final_map, tile, catalog.output.batch_pixels,
-            catalog.model.precision, catalog.cluster.gpu, threads, progress,
+            catalog.model.precision, catalog.cluster.gpu, threads, progress, catalog.model.inference,
         )
     timings["classify"] = time.perf_counter() - t
 
@@ -219,7 +219,8 @@ def run_scene(
     )
     report["mapping"] = {"tiles": mapped.tiles_total, "tiles_computed": mapped.tiles_computed, "reused": mapped.reused,
                          "tile_size": tile, "devices": mapped.devices, "workers": mapped.workers,
-                         "precision": {"catalog": catalog.model.precision, "tiles": mapped.precisions}}
+                         "precision": {"catalog": catalog.model.precision, "tiles": mapped.precisions},
+                         "inference": {"catalog": catalog.model.inference, "path": mapped.inference}}
     if "json" in formats:
         outputs["report"] = write_report(report, out_dir / "report.json")
     if "stac" in formats:

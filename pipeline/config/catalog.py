@@ -291,6 +291,9 @@ class Model(_Section):
     patch_size: int = Field(default=7, ge=1)
     params: dict[str, Any] = Field(default_factory=dict, description="method hyper-parameters")
     precision: Literal["float32", "bfloat16", "auto"] = "auto"
+    inference: Literal["auto", "dense", "patch"] = Field(
+        default="auto", description="mapping path: 'dense' (one pass per tile), 'patch' (a patch per pixel), "
+        "'auto' (dense where the method has it)")
 
     @field_validator("patch_size")
     @classmethod

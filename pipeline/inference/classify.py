@@ -4,10 +4,22 @@ This is the function Dask runs on workers. It receives paths and a window,
 never a model: the model is loaded once per worker process and cached by the
 checkpoint's hash, so tasks stay small and a GPU worker keeps its weights on
 the device between tiles.
+
+Two inference paths (catalog ``model.inference``; :func:`inference_path`):
+
+- ``patch``: every pixel gets its own P x P patch; the tile is read with a halo
+  of P // 2 and classified ``batch_pixels`` patches at a time.
+- ``dense`` (models with ``supports_dense``): one forward pass over the tile
+  read with a halo of the model's ``receptive_radius``; the windows are
+  anchored to the scene grid (``origin`` = the halo'd window's top-left), and
+  only the tile is kept. Every pixel of the tile then sees exactly the inputs
+  it would see in a whole-scene pass, so the map does not depend on the tile
+  size or the worker count (``models.dense``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,10 +30,12 @@ import numpy as np
 import torch
 import xarray as xr
 import zarr
+from torch import Tensor
 
 from models import load_checkpoint
 from models.base import MissingModalityClassifier
 from models.patterns import pattern_code
+from pipeline.config.errors import CheckpointError
 from pipeline.data.patches import (
     NormStats,
     Window,
@@ -53,6 +67,7 @@ class TileTask:
     batch_pixels: int | str = "auto"
     precision: str = "auto"
     torch_threads: int | None = None
+    inference: str = "patch"  # resolved: 'patch' or 'dense' (see inference_path)
 
 
 @dataclass
@@ -65,6 +80,23 @@ class LoadedClassifier:
 
 
 _CACHE: dict[str, LoadedClassifier] = {}
+
+INFERENCE_PATHS = ("auto", "dense", "patch")
+
+
+def inference_path(requested: str, supports_dense: bool, where: str | None = None) -> str:
+    """'dense' or 'patch' for catalog ``model.inference`` (``auto``: dense where the model supports it).
+
+    Raises:
+        CheckpointError: ``dense`` asked of a model that has no dense path.
+    """
+    if requested not in INFERENCE_PATHS:
+        raise ValueError(f"model.inference must be one of {INFERENCE_PATHS}, got {requested!r}")
+    if requested == "patch" or (requested == "auto" and not supports_dense):
+        return "patch"
+    if not supports_dense:
+        raise CheckpointError(where, "model.inference", "'auto' or 'patch' for a method without a dense path", "'dense'")
+    return "dense"
 
 
 def resolved_precision(precision: str, device: torch.device | None = None) -> str:
@@ -106,9 +138,54 @@ def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "aut
     return loaded
 
 
+def classify_window(
+    ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int | str = "auto", inference: str = "patch"
+) -> dict[str, np.ndarray]:
+    """Class value, confidence and pattern code for every pixel of ``window`` on the ``inference`` path."""
+    if inference == "dense":
+        return classify_window_dense(ds, loaded, window)
+    return classify_window_patches(ds, loaded, window, batch_pixels)
+
+
+def logits_to_map(logits: Tensor, loaded: LoadedClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """Class values and max-probability confidence for logits (..., K)."""
+    conf, idx = torch.softmax(logits.float(), dim=-1).max(dim=-1)
+    return loaded.class_values[idx.cpu().numpy()], conf.cpu().numpy()
+
+
+def autocast(loaded: LoadedClassifier) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to the loaded precision (a no-op for float32)."""
+    if loaded.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(loaded.device.type, dtype=loaded.dtype)
+
+
 @torch.inference_mode()
-def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int | str = "auto") -> dict[str, np.ndarray]:
-    """Class value, confidence and pattern code for every pixel of ``window``, ``batch_pixels`` at a time."""
+def classify_window_dense(ds: xr.Dataset, loaded: LoadedClassifier, window: Window) -> dict[str, np.ndarray]:
+    """One dense forward pass over ``window`` grown by the model's receptive radius; the halo is cropped off."""
+    model = loaded.model
+    modalities = model.config.modalities
+    halo = int(model.receptive_radius)  # type: ignore[attr-defined]
+    data = read_window(ds, modalities, window, halo)
+    norm = normalise_window(data, modalities, loaded.stats)
+    tile = (slice(halo, halo + window.height), slice(halo, halo + window.width))
+    pattern = pattern_code(data.available[:, tile[0], tile[1]], axis=0)
+    device = loaded.device
+    inputs = {m: torch.from_numpy(v).unsqueeze(0).to(device) for m, v in norm.items()}
+    available = torch.from_numpy(data.available).unsqueeze(0).to(device)
+    origin = torch.tensor([[window.row - halo, window.col - halo]])
+    with autocast(loaded):
+        logits = model.forward_dense(inputs, available, origin)[0, :, tile[0], tile[1]]
+    values, conf = logits_to_map(logits.permute(1, 2, 0), loaded)
+    empty = pattern == 0
+    values[empty] = CLASS_NODATA
+    conf[empty] = np.nan
+    return {"class": values.astype(np.uint8), "confidence": conf.astype(np.float32), "pattern": pattern}
+
+
+@torch.inference_mode()
+def classify_window_patches(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int | str = "auto") -> dict[str, np.ndarray]:
+    """Class value, confidence and pattern code for every pixel of ``window``, ``batch_pixels`` patches at a time."""
     batch_pixels = resolved_batch_pixels(batch_pixels, loaded.device)
     cfg = loaded.model.config
     modalities = cfg.modalities
@@ -126,15 +203,9 @@ def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, ba
         patches, avail = extract_patches(norm, data.available, r, c, cfg.patch_size)
         inputs = {m: torch.from_numpy(v).to(device, non_blocking=True) for m, v in patches.items()}
         avail_t = torch.from_numpy(avail).to(device)
-        if loaded.dtype is not None:
-            with torch.autocast(device.type, dtype=loaded.dtype):
-                logits = loaded.model(inputs, avail_t)
-        else:
+        with autocast(loaded):
             logits = loaded.model(inputs, avail_t)
-        probs = torch.softmax(logits.float(), dim=-1)
-        conf, idx = probs.max(dim=-1)
-        classes[r, c] = loaded.class_values[idx.cpu().numpy()]
-        confidence[r, c] = conf.cpu().numpy()
+        classes[r, c], confidence[r, c] = logits_to_map(logits, loaded)
     return {"class": classes, "confidence": confidence, "pattern": pattern}
 
 
@@ -143,7 +214,7 @@ def process_tile(task: TileTask) -> dict[str, Any]:
     started = time.perf_counter()
     loaded = load_classifier(task.checkpoint, task.checkpoint_hash, task.precision, task.torch_threads)
     ds = xr.open_zarr(task.scene_store, chunks=None)
-    result = classify_window(ds, loaded, task.window, task.batch_pixels)
+    result = classify_window(ds, loaded, task.window, task.batch_pixels, task.inference)
     group = zarr.open_group(task.map_store, mode="r+")
     ys, xs = task.window.slices
     for name, values in result.items():
@@ -162,6 +233,7 @@ def process_tile(task: TileTask) -> dict[str, Any]:
         "pixels": int(task.window.height * task.window.width),
         "device": str(loaded.device),
         "precision": "bfloat16" if loaded.dtype == torch.bfloat16 else "float32",
+        "inference": task.inference,
         "pid": os.getpid(),
         "worker": worker,
         "seconds": time.perf_counter() - started,

@@ -18,9 +18,9 @@ import xarray as xr
 from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
-from models import checkpoint_hash
+from models import checkpoint_hash, method_class, read_checkpoint_config
 from pipeline.config.errors import ClusterError
-from pipeline.inference.classify import TileTask, process_tile
+from pipeline.inference.classify import TileTask, inference_path, process_tile
 from pipeline.inference.cluster import workers_with_resource
 from pipeline.inference.map_store import (
     finalise_map_store,
@@ -44,6 +44,7 @@ class MapResult:
     workers: dict[str, int] = field(default_factory=dict)
     gpu: bool = False
     reused: bool = False
+    inference: str = "patch"  # the path every tile ran: 'dense' or 'patch'
     tile_reports: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: plan (tiling, map store), tiles, mosaic
 
@@ -59,34 +60,41 @@ def map_scene(
     gpu: str = "auto",
     torch_threads: int | None = None,
     progress: bool = True,
+    inference: str = "auto",
 ) -> MapResult:
-    """Classify every tile of ``scene_store`` into ``map_store`` (resuming a partial run)."""
+    """Classify every tile of ``scene_store`` into ``map_store`` (resuming a partial run).
+
+    ``inference`` is catalog ``model.inference``: ``auto`` (dense where the checkpoint's method has it), ``dense`` or ``patch``.
+    """
     started = time.perf_counter()
     scene = xr.open_zarr(scene_store)
     ckpt_hash = checkpoint_hash(checkpoint)
-    key = run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision)
+    method = read_checkpoint_config(checkpoint)["model"]["method"]
+    path = inference_path(inference, method_class(method).supports_dense, str(checkpoint))
+    key = run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision, path)
     tiles = tile_windows(scene.sizes["y"], scene.sizes["x"], tile_size)
     if read_run_key(map_store) == key:
         log.info("map %s is up to date; nothing to classify", map_store)
-        return MapResult(map_store, len(tiles), 0, time.perf_counter() - started, reused=True)
+        return MapResult(map_store, len(tiles), 0, time.perf_counter() - started, reused=True, inference=path)
+    log.info("mapping with the %s path (model.inference: %s)", path, inference)
 
     gpu_workers = workers_with_resource(client, "GPU") if gpu != "never" else []
     if gpu == "required" and not gpu_workers:
         raise ClusterError("cluster.gpu is 'required' but no worker advertises a GPU resource (start workers with `dask worker ... --resources GPU=1`)")
     resources = {"GPU": 1} if gpu_workers else None
 
-    partial, done = prepare_map_store(map_store, scene, tile_size, key, {"checkpoint_hash": ckpt_hash})
+    partial, done = prepare_map_store(map_store, scene, tile_size, key, {"checkpoint_hash": ckpt_hash, "inference": path})
     planned = time.perf_counter()
     todo = [(idx, w) for idx, w in tiles if not done[idx]]
     if len(todo) < len(tiles):
         log.info("resuming: %d of %d tiles already done", len(tiles) - len(todo), len(tiles))
     tasks = [
-        TileTask(str(scene_store), str(partial), str(checkpoint), ckpt_hash, idx, w, batch_pixels, precision, torch_threads)
+        TileTask(str(scene_store), str(partial), str(checkpoint), ckpt_hash, idx, w, batch_pixels, precision, torch_threads, path)
         for idx, w in todo
     ]
     keys = [f"classify-tile-{key[:8]}-{t.tile_index[0]}-{t.tile_index[1]}" for t in tasks]
     futures = [client.submit(process_tile, t, key=k, resources=resources, pure=False, retries=1) for t, k in zip(tasks, keys)]
-    result = MapResult(map_store, len(tiles), len(tasks), 0.0, gpu=bool(gpu_workers))
+    result = MapResult(map_store, len(tiles), len(tasks), 0.0, gpu=bool(gpu_workers), inference=path)
     with tqdm(total=len(futures), desc="classify tiles", unit="tile", disable=not progress) as bar:
         try:
             for future in as_completed(futures):
