@@ -93,8 +93,14 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
     return result.checkpoint, verified_checkpoint(result.checkpoint, scene, ds, catalog), time.perf_counter() - started
 
 
-def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
-    """Accuracy on labelled pixels that did not train or validate the model, read in row blocks."""
+def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512,
+                      scene: Scene | None = None, catalog_file: Path | None = None) -> dict[str, Any] | None:
+    """Accuracy on labelled pixels that did not train or validate the model, read in row blocks.
+
+    Also per availability pattern the map used (``patterns``) and, with ``scene``, per footprint
+    of its clouds and failures (``footprints``; ``pipeline.learn.breakdown``).
+    """
+    from pipeline.learn.breakdown import footprint_masks, grouped_summaries, pattern_label
     from pipeline.learn.metrics import classification_summary
     from pipeline.learn.sampling import Split, class_index_lookup
 
@@ -113,7 +119,9 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadat
         used = Split.load(split_file).used_for_training(shape)
         excluded = True
     mapped = xr.open_zarr(map_store, consolidated=False)
-    truth_all, pred_all = [], []
+    footprints = footprint_masks(scene, ds[label_var], catalog_file) if scene is not None else {}
+    truth_all, pred_all, pattern_all = [], [], []
+    inside: dict[str, list[np.ndarray]] = {name: [] for name in footprints}
     for r0 in range(0, shape[0], rows_per_block):
         sl = slice(r0, r0 + rows_per_block)
         truth = lookup[ds[label_var].isel(y=sl).values]
@@ -121,12 +129,21 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Path, checkpoint: Path, metadat
         keep = (truth >= 0) & ~used[sl]
         truth_all.append(truth[keep])
         pred_all.append(pred[keep])
+        pattern_all.append(mapped["pattern"].isel(y=sl).values[keep])
+        for name, mask in footprints.items():
+            inside[name].append(mask[sl][keep])
     truth = np.concatenate(truth_all)
     pred = np.concatenate(pred_all)
     if truth.size == 0:
         return None
     unmapped = pred < 0
     summary = classification_summary(truth[~unmapped], pred[~unmapped], len(values), names)
+    modalities = [str(m) for m in ds["modality"].values]
+    codes = np.concatenate(pattern_all)[~unmapped]
+    summary["patterns"] = grouped_summaries(truth[~unmapped], pred[~unmapped],
+                                            {pattern_label(int(c), modalities): codes == c for c in np.unique(codes)}, names)
+    summary["footprints"] = grouped_summaries(truth[~unmapped], pred[~unmapped],
+                                              {k: np.concatenate(v)[~unmapped] for k, v in inside.items()}, names)
     summary["unmapped_pixels"] = int(unmapped.sum())
     summary["label_variable"] = label_var
     # False when the checkpoint was trained on other data: then no pixel is known to be a training pixel.
@@ -202,7 +219,7 @@ def run_scene(
         outputs["quicklook"] = write_quicklook(map_ds, out_dir / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(checkpoint)}")
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
-    accuracy = held_out_accuracy(ds, final_map, checkpoint, metadata)
+    accuracy = held_out_accuracy(ds, final_map, checkpoint, metadata, scene=scene, catalog_file=catalog.path)
     timings["accuracy"] = time.perf_counter() - t
     if mapped.gpu:
         notes.append(f"classified on GPU workers: tiles per device {mapped.devices}")
