@@ -19,7 +19,6 @@ Two inference paths (catalog ``model.inference``; :func:`inference_path`):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -45,6 +44,7 @@ from pipeline.data.patches import (
 )
 from pipeline.data.store import CLASS_NODATA
 from pipeline.devices import (  # re-exported: older imports keep working
+    autocast,
     autocast_dtype,
     cpu_has_native_bf16,  # noqa: F401
     pick_device,
@@ -84,18 +84,24 @@ _CACHE: dict[str, LoadedClassifier] = {}
 INFERENCE_PATHS = ("auto", "dense", "patch")
 
 
-def inference_path(requested: str, supports_dense: bool, where: str | None = None) -> str:
-    """'dense' or 'patch' for catalog ``model.inference`` (``auto``: dense where the model supports it).
+def inference_path(requested: str, supports_dense: bool, trained_dense: bool, where: str | None = None) -> str:
+    """'dense' or 'patch' for catalog ``model.inference``.
+
+    ``auto`` is dense for a checkpoint of a method with the dense path that was
+    trained densely (``pipeline.learn.dense_training``), patch otherwise: a
+    patch-trained model keeps the path it learnt.
 
     Raises:
         CheckpointError: ``dense`` asked of a model that has no dense path.
     """
     if requested not in INFERENCE_PATHS:
         raise ValueError(f"model.inference must be one of {INFERENCE_PATHS}, got {requested!r}")
-    if requested == "patch" or (requested == "auto" and not supports_dense):
+    if requested == "patch" or (requested == "auto" and not (supports_dense and trained_dense)):
         return "patch"
     if not supports_dense:
         raise CheckpointError(where, "model.inference", "'auto' or 'patch' for a method without a dense path", "'dense'")
+    if not trained_dense:
+        log.warning("%s was trained on patches; mapping it with the dense path as model.inference asks", where)
     return "dense"
 
 
@@ -153,13 +159,6 @@ def logits_to_map(logits: Tensor, loaded: LoadedClassifier) -> tuple[np.ndarray,
     return loaded.class_values[idx.cpu().numpy()], conf.cpu().numpy()
 
 
-def autocast(loaded: LoadedClassifier) -> contextlib.AbstractContextManager[Any]:
-    """Autocast to the loaded precision (a no-op for float32)."""
-    if loaded.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(loaded.device.type, dtype=loaded.dtype)
-
-
 @torch.inference_mode()
 def classify_window_dense(ds: xr.Dataset, loaded: LoadedClassifier, window: Window) -> dict[str, np.ndarray]:
     """One dense forward pass over ``window`` grown by the model's receptive radius; the halo is cropped off."""
@@ -174,7 +173,7 @@ def classify_window_dense(ds: xr.Dataset, loaded: LoadedClassifier, window: Wind
     inputs = {m: torch.from_numpy(v).unsqueeze(0).to(device) for m, v in norm.items()}
     available = torch.from_numpy(data.available).unsqueeze(0).to(device)
     origin = torch.tensor([[window.row - halo, window.col - halo]])
-    with autocast(loaded):
+    with autocast(loaded.device, loaded.dtype):
         logits = model.forward_dense(inputs, available, origin)[0, :, tile[0], tile[1]]
     values, conf = logits_to_map(logits.permute(1, 2, 0), loaded)
     empty = pattern == 0
@@ -203,7 +202,7 @@ def classify_window_patches(ds: xr.Dataset, loaded: LoadedClassifier, window: Wi
         patches, avail = extract_patches(norm, data.available, r, c, cfg.patch_size)
         inputs = {m: torch.from_numpy(v).to(device, non_blocking=True) for m, v in patches.items()}
         avail_t = torch.from_numpy(avail).to(device)
-        with autocast(loaded):
+        with autocast(loaded.device, loaded.dtype):
             logits = loaded.model(inputs, avail_t)
         classes[r, c], confidence[r, c] = logits_to_map(logits, loaded)
     return {"class": classes, "confidence": confidence, "pattern": pattern}

@@ -69,8 +69,9 @@ def map_scene(
     started = time.perf_counter()
     scene = xr.open_zarr(scene_store)
     ckpt_hash = checkpoint_hash(checkpoint)
-    method = read_checkpoint_config(checkpoint)["model"]["method"]
-    path = inference_path(inference, method_class(method).supports_dense, str(checkpoint))
+    saved = read_checkpoint_config(checkpoint)
+    trained_dense = saved.get("metadata", {}).get("training_path") == "dense"
+    path = inference_path(inference, method_class(saved["model"]["method"]).supports_dense, trained_dense, str(checkpoint))
     key = run_key(str(scene.attrs.get("content_hash")), ckpt_hash, tile_size, precision, path)
     tiles = tile_windows(scene.sizes["y"], scene.sizes["x"], tile_size)
     if read_run_key(map_store) == key:

@@ -29,6 +29,7 @@ from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
 from pipeline.files import atomic_directory
+from pipeline.learn.dense_training import fit_dense, trains_dense
 from pipeline.learn.protocols import MMP_PROTOCOL_DROP, mmp_mask, protocol_availability, save_protocol_table
 from pipeline.learn.sampling import Split, make_split
 
@@ -337,8 +338,12 @@ def train(
     torch.manual_seed(seed)
     model = build_model(config)
     log.info("training %s on %d pixels (%d validation), %d classes", config.method, len(split.train_rows), len(split.val_rows), config.num_classes)
-    history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress,
-                  precision=catalog.model.precision, protocol=protocol)
+    dense = trains_dense(catalog.model.inference, model)
+    if dense:  # crops around the training pixels, masked cross-entropy (pipeline.learn.dense_training)
+        history = fit_dense(model, ds, stats, split, catalog.training, protocol, seed, progress, catalog.model.precision)
+    else:
+        history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress,
+                      precision=catalog.model.precision, protocol=protocol)
 
     metadata = {
         "normalisation": stats.to_dict(),
@@ -353,6 +358,7 @@ def train(
         "val_pixels": int(len(split.val_rows)),
         "best_val_oa": max((h["val_oa"] for h in history), default=float("nan")),
         "split_file": "split.npz",
+        "training_path": "dense" if dense else "patch",
         **(extra_metadata or {}),
     }
     # The checkpoint folder, with the run's records, appears complete or not at all.
