@@ -58,6 +58,9 @@ the shared feature averages the available modalities only.
         temperature 0.07 pulls all classes together and some seeds collapsed
         (61 % OA where the baseline had 93 %); orthonormal codes carry the only
         thing such features can carry, the class identity, without that pull.
+    freeze_backbone: keep the encoders (copies of the pretrained backbone's first
+        blocks) frozen; default True when ``config.pretrained`` is set: then
+        the tokenizer, heads, text projections, prompts and convs train.
     quick_gelu: force the blocks' activation (default: from the weights).
 """
 
@@ -78,6 +81,7 @@ from models.backbone import (
 )
 from models.base import MissingModalityClassifier, ModelConfig
 from models.classifier import resolve_params
+from models.pretraining import is_pretrained_backbone
 from models.projection import ModalityProjection, zero_where_missing
 from models.registry import register
 from models.text import class_texts, encode_texts, text_feature_dim
@@ -97,6 +101,7 @@ LVPCNET_PARAMS: dict[str, Any] = {
     "text_pretrained": None,
     "text_seed": 0,
     "untrained_text": "codes",
+    "freeze_backbone": None,
     "quick_gelu": None,
 }
 
@@ -180,10 +185,14 @@ class LVPCNet(MissingModalityClassifier):
         )
         self.prompts = nn.ParameterDict({name: nn.Parameter(width**-0.5 * torch.randn(depth, length, width)) for name in names})
         self.current_stage = STAGES[0]
+        freeze = p["freeze_backbone"]
+        self.encoders_frozen = config.pretrained is not None if freeze is None else bool(freeze)
 
     # -- language features -------------------------------------------------------
     def _text_source(self) -> tuple[str, str | None]:
         p, pretrained = self.params, self.config.pretrained
+        if is_pretrained_backbone(pretrained):
+            pretrained = None  # a backbone of pipeline.pretrain has no text tower
         weights = p["text_pretrained"]
         preset = p["text_preset"] or (CLIP_MODEL if (weights or pretrained) else "tiny")
         if weights is None and preset == CLIP_MODEL:
@@ -285,6 +294,9 @@ class LVPCNet(MissingModalityClassifier):
         compensation = {id(p) for p in self.compensation_parameters()}
         for param in self.parameters():
             param.requires_grad_((id(param) in compensation) == (stage == "prompt"))
+        if self.encoders_frozen:  # a pretrained backbone: its copies stay as they are, as in the paper
+            for encoder in (self.shared, *self.specific.values()):
+                encoder.requires_grad_(False)
         return [p for p in self.parameters() if p.requires_grad]
 
     def training_availability(self, available: Tensor, generator: torch.Generator | None = None) -> Tensor:

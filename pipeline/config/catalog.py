@@ -283,10 +283,26 @@ class Training(_Section):
     protocol: Protocol = Field(default_factory=Protocol)
 
 
+class Pretrain(_Section):
+    """Self-supervised pretraining of the backbone on the catalog's pixels (``python -m pipeline.pretrain``)."""
+
+    steps: int = Field(default=1500, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    pool_pixels: int = Field(default=30000, ge=1, description="pixels drawn from all scenes (crops around them)")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    seed: int = 0
+    log_every: int = Field(default=25, ge=1)
+    save_every: int = Field(default=250, ge=1, description="steps between resume points")
+
+
 class Model(_Section):
     method: str = "mamol"
     backbone: str = Field(default="tiny", description="preset: ViT-B-16, small, tiny, ...")
-    pretrained: Path | str | None = Field(default=None, description="CLIP weights file, or 'openai' to download")
+    pretrained: Path | str | None = Field(
+        default=None, description="CLIP weights file, 'openai' to download, or a backbone file of python -m pipeline.pretrain")
+    pretrain: bool | Pretrain = Field(
+        default=False, description="pretrain the backbone on the scenes' pixels first (reused while they are unchanged)")
     checkpoint: Path | None = None
     patch_size: int = Field(default=7, ge=1)
     params: dict[str, Any] = Field(default_factory=dict, description="method hyper-parameters")

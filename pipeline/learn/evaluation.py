@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from models import build_model
+from models.pretraining import init_from_pretrained
 from pipeline.config.catalog import Catalog, Protocol
 from pipeline.data.patches import gather_patches
 from pipeline.files import (
@@ -188,6 +189,7 @@ def evaluate(
                 config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
                 torch.manual_seed(seed)
                 model = build_model(config)
+                init_from_pretrained(model)
                 t0 = time.perf_counter()
                 history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
                               split.val_targets, catalog.training, seed, progress,

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from models import ModelConfig, build_model, save_checkpoint
 from models.base import MissingModalityClassifier
+from models.pretraining import init_from_pretrained
 from pipeline.config.catalog import Catalog, Protocol, Scene
 from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
@@ -68,6 +69,9 @@ def model_config_for(catalog: Catalog, scene: Scene, ds: xr.Dataset, method: str
     if scene.labels is None:
         raise InputError(catalog.path, f"scenes[{scene.name!r}].labels", "labels with classes to train a model", "none")
     classes = scene.labels.classes
+    from pipeline.learn.pretraining import ensure_pretrained
+
+    pretrained = ensure_pretrained(catalog)
     return ModelConfig(
         method=method or catalog.model.method,
         modalities=scene.modality_names,
@@ -75,7 +79,7 @@ def model_config_for(catalog: Catalog, scene: Scene, ds: xr.Dataset, method: str
         num_classes=len(classes),
         patch_size=catalog.model.patch_size,
         backbone=catalog.model.backbone,
-        pretrained=str(catalog.model.pretrained) if catalog.model.pretrained is not None else None,
+        pretrained=pretrained,
         kinds=[m.kind for m in scene.modalities],
         class_names=[c.name for c in classes],
         class_descriptions=[dict(c.description or {}) for c in classes],
@@ -337,6 +341,7 @@ def train(
 
     torch.manual_seed(seed)
     model = build_model(config)
+    init_from_pretrained(model)
     log.info("training %s on %d pixels (%d validation), %d classes", config.method, len(split.train_rows), len(split.val_rows), config.num_classes)
     dense = trains_dense(catalog.model.inference, model)
     if dense:  # crops around the training pixels, masked cross-entropy (pipeline.learn.dense_training)

@@ -21,7 +21,7 @@ SECTIONS = {
     "Catalog": "Top level", "Scene": "`scenes[]`", "Modality": "`scenes[].modalities[]`",
     "Source": "`source`", "Georeference": "`georeference`", "Grid": "`scenes[].grid`",
     "Availability": "`scenes[].availability`", "CloudMask": "`clouds[]`", "SensorFailure": "`failures[]`",
-    "Labels": "`scenes[].labels`", "ClassInfo": "`classes[]`", "Model": "`model`", "Training": "`training`",
+    "Labels": "`scenes[].labels`", "ClassInfo": "`classes[]`", "Model": "`model`", "Pretrain": "`model.pretrain`", "Training": "`training`",
     "Protocol": "`training.protocol`", "Output": "`output`", "Cluster": "`cluster`",
 }
 
