@@ -5,7 +5,9 @@ beside the patch forward::
 
     logits   = model.forward_dense(inputs, available, origin)      # (B, K, H, W)
     features = model.dense_features(inputs, available, origin)     # (B, M, width, H, W), before the head
-    tokens   = model.projection.dense(inputs, available)           # (B, H', W', M, width), the token embedding
+    canvas   = plan_canvas(origin, B, H, W, model.window_size)    # where the crops sit on the window grid
+    tokens   = model.projection.dense(inputs, available, canvas)   # (B, H', W', M, width), the token embedding
+    radius   = model.receptive_radius                               # the halo a tile needs (pixels)
 
 Args of ``forward_dense`` / ``dense_features``:
     inputs: modality name -> float (B, C_m, H, W), normalised; H and W are arbitrary.
@@ -32,10 +34,17 @@ window_position[(r mod W) * W + c mod W]`` (scene coordinates), or the missing
 token. A pixel's logits are the head applied to its M output tokens,
 concatenated (the patch path's head, same weights).
 
+Pretraining trains exactly the token embedding (``projection.band_maps``,
+``projection.modality``, ``projection.window_position``, the missing token)
+and the backbone blocks through ``dense_features``; the head is the
+classifier's. This API is stable.
+
 Receptive radius: a pixel's logits depend only on inputs at most
 ``receptive_radius(depth, W)`` pixels away (Chebyshev distance), computed
 exactly from the window grid (about ``depth * s + s``). A tile read with that
-halo gives the same logits as the whole scene, bit for bit.
+halo gives the same logits as the whole scene, bit for bit. Pixels closer
+than the radius to a crop's edge see the canvas padding ("nothing available")
+in place of the scene beyond the crop.
 """
 
 from __future__ import annotations
