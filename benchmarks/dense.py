@@ -13,8 +13,10 @@ weights learnt; each model is built once and both paths use it):
   and its peak memory (``tracemalloc``: numpy and torch CPU buffers).
 
 Each setting is timed 3 times (median); each path reports its best setting.
-For ViT-B-16 the dense time to map the whole demo scene (166 x 600) is
-extrapolated from the timed tile: tiles of the scene x seconds per tile.
+For ViT-B-16 (timed once: minutes a run on 2 cores) the dense time to map the
+whole demo scene (166 x 600) is extrapolated from one timed full-height tile
+of 256 columns: tiles of the scene x seconds per tile (the last tile is
+narrower, so this overestimates).
 FLOPs per pixel come from ``torch.utils.flop_counter``; the fraction of the
 roofline divides the achieved FLOP/s by a bf16 matmul measured in the same run
 (``benchmarks.gpu.matmul_peak_tflops``).
@@ -48,15 +50,16 @@ BATCHES = (64, 256, 1024)
 TILES = (64, 128, 256)
 
 
+def timed(work: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
 def median_seconds(work: Callable[[], Any], repeats: int = REPEATS) -> float:
     """Median wall time of ``work`` over ``repeats`` runs, after one warm-up run."""
     work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timed(work) for _ in range(repeats))
 
 
 def scene_stats(ds: xr.Dataset, modalities: list[str], pixels: int = 2000, seed: int = 0) -> NormStats:
@@ -178,23 +181,28 @@ def compare(scene_store: Path, preset: str, patch_size: int, precision: str, pat
     return row
 
 
-def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repeats: int) -> dict[str, Any]:
+def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repeats: int, preset: str = "ViT-B-16",
+            matmul_size: int = 4096) -> dict[str, Any]:
     """ViT-B-16 (random weights) dense and patch px/s, fraction of the measured matmul peak, and the scene's dense time."""
     ds = xr.open_zarr(scene_store, chunks=None)
-    loaded = loaded_model(ds, "ViT-B-16", patch_size, precision)
+    loaded = loaded_model(ds, preset, patch_size, precision)
     shape = (ds.sizes["y"], ds.sizes["x"])
-    row: dict[str, Any] = {"preset": "ViT-B-16", "patch_size": patch_size, "window_size": loaded.model.window_size,
+    row: dict[str, Any] = {"preset": preset, "patch_size": patch_size, "window_size": loaded.model.window_size,
                            "precision": "bfloat16" if loaded.dtype == torch.bfloat16 else "float32"}
     window = centre(shape, tile, tile)
-    dense_seconds = median_seconds(lambda: classify_window(ds, loaded, window, inference="dense"), repeats)
     patch_window = centre(shape, 4, 16)
-    patch_seconds = median_seconds(lambda: classify_window(ds, loaded, patch_window, 64, "patch"), repeats)
-    flops = {"dense": flops_per_pixel(loaded, ds, True, tile), "patch": flops_per_pixel(loaded, ds, False, batch=16)}
-    row["dense"] = {"tile": tile, "halo": int(loaded.model.receptive_radius), "seconds_per_tile": round(dense_seconds, 2),
-                    "px_per_s": round(tile * tile / dense_seconds, 2)}
+    flops = {}
+    for path, win, batch in (("dense", window, "auto"), ("patch", patch_window, 64)):
+        with FlopCounterMode(display=False) as counter:  # the warm-up run counts the FLOPs
+            classify_window(ds, loaded, win, batch, path)
+        flops[path] = counter.get_total_flops() / (win.height * win.width)
+    dense_seconds = statistics.median(timed(lambda: classify_window(ds, loaded, window, inference="dense")) for _ in range(repeats))
+    patch_seconds = statistics.median(timed(lambda: classify_window(ds, loaded, patch_window, 64, "patch")) for _ in range(repeats))
+    row["dense"] = {"tile": [window.height, window.width], "halo": int(loaded.model.receptive_radius),
+                    "seconds_per_tile": round(dense_seconds, 2), "px_per_s": round(window.height * window.width / dense_seconds, 2)}
     row["patch"] = {"pixels": 64, "batch": 64, "seconds": round(patch_seconds, 2), "px_per_s": round(64 / patch_seconds, 3)}
     row["dense_vs_patch"] = round(row["dense"]["px_per_s"] / row["patch"]["px_per_s"], 1)
-    peak = matmul_peak_tflops("cpu", size=4096, repeats=3, dtype=torch.bfloat16 if loaded.dtype == torch.bfloat16 else torch.float32)
+    peak = matmul_peak_tflops("cpu", size=matmul_size, repeats=3, dtype=torch.bfloat16 if loaded.dtype == torch.bfloat16 else torch.float32)
     row["matmul_peak_tflops"] = round(peak, 4)
     for path in ("dense", "patch"):
         achieved = row[path]["px_per_s"] * flops[path] / 1e12
@@ -218,6 +226,6 @@ def bench_dense(scene_store: Path, quick: bool = False) -> dict[str, Any]:
     out["tiny_patch5"] = compare(scene_store, "tiny", 5, precision, (16, 32) if quick else (32, 64), tiles, naive=True, repeats=repeats)
     out["tiny_patch11"] = compare(scene_store, "tiny", 11, precision, (8, 16) if quick else (16, 32), tiles, naive=False, repeats=repeats)
     if not quick:
-        out["vit_b16"] = vit_b16(scene_store, precision, 7, 128, repeats=1)
+        out["vit_b16"] = vit_b16(scene_store, precision, 7, 256, repeats=1)
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
