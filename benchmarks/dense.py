@@ -191,13 +191,14 @@ def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repea
                            "precision": "bfloat16" if loaded.dtype == torch.bfloat16 else "float32"}
     window = centre(shape, tile, tile)
     patch_window = centre(shape, 4, 16)
-    flops = {}
+    seconds, flops = {}, {}
     for path, win, batch in (("dense", window, "auto"), ("patch", patch_window, 64)):
-        with FlopCounterMode(display=False) as counter:  # the warm-up run counts the FLOPs
-            classify_window(ds, loaded, win, batch, path)
+        # one run each (minutes on 2 cores), its FLOPs counted as it runs (the counter costs little beside them)
+        classify_window(ds, loaded, centre(shape, 8, 8), batch, path)  # warm-up on a few pixels
+        with FlopCounterMode(display=False) as counter:
+            seconds[path] = timed(lambda w=win, b=batch, p=path: classify_window(ds, loaded, w, b, p))
         flops[path] = counter.get_total_flops() / (win.height * win.width)
-    dense_seconds = statistics.median(timed(lambda: classify_window(ds, loaded, window, inference="dense")) for _ in range(repeats))
-    patch_seconds = statistics.median(timed(lambda: classify_window(ds, loaded, patch_window, 64, "patch")) for _ in range(repeats))
+    dense_seconds, patch_seconds = seconds["dense"], seconds["patch"]
     row["dense"] = {"tile": [window.height, window.width], "halo": int(loaded.model.receptive_radius),
                     "seconds_per_tile": round(dense_seconds, 2), "px_per_s": round(window.height * window.width / dense_seconds, 2)}
     row["patch"] = {"pixels": 64, "batch": 64, "seconds": round(patch_seconds, 2), "px_per_s": round(64 / patch_seconds, 3)}
@@ -216,16 +217,25 @@ def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repea
     return row
 
 
-def bench_dense(scene_store: Path, quick: bool = False) -> dict[str, Any]:
-    """Every comparison of the module docstring, on ``scene_store`` (the demo scene, Trento's size)."""
+def bench_dense(scene_store: Path, quick: bool = False, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every comparison of the module docstring, on ``scene_store`` (the demo scene, Trento's size).
+
+    ``save`` is called with the results after each part, so a long run keeps what it measured.
+    """
     repeats = 1 if quick else REPEATS
     tiles = (32,) if quick else TILES
     precision = "auto"
     started = time.perf_counter()
     out: dict[str, Any] = {"repeats": repeats, "threads": torch.get_num_threads()}
-    out["tiny_patch5"] = compare(scene_store, "tiny", 5, precision, (16, 32) if quick else (32, 64), tiles, naive=True, repeats=repeats)
-    out["tiny_patch11"] = compare(scene_store, "tiny", 11, precision, (8, 16) if quick else (16, 32), tiles, naive=False, repeats=repeats)
+    parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("tiny_patch5", lambda: compare(scene_store, "tiny", 5, precision, (16, 32) if quick else (32, 64), tiles, True, repeats)),
+        ("tiny_patch11", lambda: compare(scene_store, "tiny", 11, precision, (8, 16) if quick else (16, 32), tiles, False, repeats)),
+    ]
     if not quick:
-        out["vit_b16"] = vit_b16(scene_store, precision, 7, 256, repeats=1)
-    out["seconds"] = round(time.perf_counter() - started, 1)
+        parts.append(("vit_b16", lambda: vit_b16(scene_store, precision, 7, 256, repeats=1)))
+    for name, part in parts:
+        out[name] = part()
+        out["seconds"] = round(time.perf_counter() - started, 1)
+        if save is not None:
+            save(out)
     return out

@@ -51,6 +51,7 @@ from benchmarks.scenes import (
 )
 from benchmarks.stages import breakdown, instrumented
 from benchmarks.summary import evaluate_targets, write_summary
+from pipeline.files import write_json
 
 log = logging.getLogger("benchmarks")
 
@@ -241,9 +242,14 @@ def run_dense(settings: Settings, work: Path, output: Path, cleanup: bool, quick
         generate_scene(work / "scene-1x", settings.base_shape)
         catalog = demo_catalog(work / "scene-1x", work / "dense-out")
         store = ingest_scene(catalog, catalog.scenes[0])
-        results = {"environment": environment("cpu"), "dense": bench_dense(store, quick)}
-        results["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-        (output / "dense.json").write_text(json.dumps(results, indent=2, default=str))
+        results: dict[str, Any] = {"environment": environment("cpu")}
+
+        def save(dense: dict[str, Any]) -> None:
+            results["dense"] = dense
+            results["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+            write_json(output / "dense.json", results)
+
+        bench_dense(store, quick, save)
     finally:
         if cleanup:
             shutil.rmtree(work, ignore_errors=True)
