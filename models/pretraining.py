@@ -171,6 +171,6 @@ def init_from_pretrained(model: nn.Module) -> list[str]:
     config = getattr(model, "config", None)
     projection = getattr(model, "projection", None)
     path = getattr(config, "pretrained", None)
-    if not is_pretrained_backbone(path) or not isinstance(projection, ModalityProjection):
+    if path is None or not is_pretrained_backbone(path) or not isinstance(projection, ModalityProjection):
         return []
     return load_pretrained_tokenizer(projection, path)

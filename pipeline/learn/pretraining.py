@@ -155,7 +155,7 @@ def pretrain(catalog: Catalog, output: Path | None = None, progress: bool = True
             bar.update(1)
             done = step + 1
             if done % settings.log_every == 0 or done == settings.steps:
-                history.append({"step": done, "loss": float(np.mean(window)), "lr": schedule.get_last_lr()[0]})
+                history.append({"step": done, "loss": float(np.mean(window)), "lr": float(schedule.get_last_lr()[0])})
                 bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
                 window = []
             if done % settings.save_every == 0 and done < settings.steps:
