@@ -16,8 +16,10 @@ once, so the pattern fractions over an epoch are the protocol row's. The
 scene's real availability is ANDed in; a pixel left with nothing keeps its
 real availability (as the patch path does per sample).
 
-Validation classifies the validation pixels as mapping does: tiles with a
-halo of the model's receptive radius, on the scene's real availability.
+Validation classifies the validation pixels as mapping does (tiles with a
+halo of the model's receptive radius, on the scene's real availability),
+every ``val_every`` epochs and after the last; the weights kept are the
+last ones (``training.selection: best`` is the patch path's).
 Same seed, same weights (CPU).
 """
 
@@ -58,13 +60,16 @@ class DenseTrainingSettings:
         blobs: regions per crop in the simulated missing-modality masks.
         strip_fraction: share of crops whose regions are parallel strips rather than blobs.
         val_tile: tile side used to classify validation pixels.
+        val_every: validate after the first epoch, every this many, and after the last (a validation pass
+            classifies tiles around every validation pixel: on a sparse split, most of the scene).
     """
 
     crop_size: int = 32
     crops_per_batch: int = 8
     blobs: int = 8
     strip_fraction: float = 0.5
-    val_tile: int = 64
+    val_tile: int = 128
+    val_every: int = 5
 
 
 @dataclass
@@ -260,7 +265,8 @@ def fit_dense(
                 losses.append(float(loss.detach()))
                 bar.update(1)
             val_oa = float("nan")
-            if len(split.val_targets):
+            last = step >= total or epoch + 1 == training.epochs
+            if len(split.val_targets) and (epoch == 0 or last or (epoch + 1) % settings.val_every == 0):
                 probs = predict_dense_at(model, scene, split.val_rows, split.val_cols, settings.val_tile, device, precision)
                 val_oa = float((probs.argmax(1) == split.val_targets).mean())
             history.append({"stage": stage, "epoch": epoch + 1, "step": step,
