@@ -14,6 +14,9 @@ Writes ``DIR/results.json`` and ``DIR/summary.md``:
 5. with ``--device cuda``: ViT-B-16 MaMOL patch throughput under bf16 and the
    fraction of the GPU's measured bf16 matmul peak (skipped, and said so, otherwise).
 
+6. ``--only dense``: the dense tile path against the patch path and the naive
+   reference (``benchmarks.dense``), written to ``DIR/dense.json`` alone.
+
 ``--quick`` runs everything on a small scene with few training steps, to check
 that the benchmark works (a minute or two); its numbers are not for the targets.
 """
@@ -48,6 +51,7 @@ from benchmarks.scenes import (
 )
 from benchmarks.stages import breakdown, instrumented
 from benchmarks.summary import evaluate_targets, write_summary
+from pipeline.files import write_json
 
 log = logging.getLogger("benchmarks")
 
@@ -229,6 +233,30 @@ def bench_gpu(device: str, quick: bool) -> dict[str, Any]:
     return patch_throughput("cuda", preset="ViT-B-16", batch=64 if quick else 512, steps=3 if quick else 20)
 
 
+def run_dense(settings: Settings, work: Path, output: Path, cleanup: bool, quick: bool) -> int:
+    """``--only dense``: ingest the demo-sized scene, compare the paths, write ``output/dense.json``."""
+    from benchmarks.dense import bench_dense
+    from pipeline.data.ingest import ingest_scene
+
+    try:
+        generate_scene(work / "scene-1x", settings.base_shape)
+        catalog = demo_catalog(work / "scene-1x", work / "dense-out")
+        store = ingest_scene(catalog, catalog.scenes[0])
+        results: dict[str, Any] = {"environment": environment("cpu")}
+
+        def save(dense: dict[str, Any]) -> None:
+            results["dense"] = dense
+            results["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+            write_json(output / "dense.json", results)
+
+        bench_dense(store, quick, save)
+    finally:
+        if cleanup:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {output / 'dense.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results", help="folder for results.json and summary.md")
@@ -237,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", help="scene areas for the memory benchmark, in multiples of the demo's (default 1,4,16)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"what to run, of {','.join(PARTS)} (workers and throughput need demo)")
     parser.add_argument("--workdir", type=Path, help="keep the generated scenes and outputs here (default: a temporary folder)")
+    parser.add_argument("--only", choices=["dense"], help="run one focused benchmark and write DIR/<name>.json only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import distributed  # noqa: F401  (configures its loggers on import: quieten them afterwards)
@@ -248,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mmlandcover-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
+
+    if args.only == "dense":
+        return run_dense(settings, work, args.output, args.workdir is None, args.quick)
 
     from benchmarks.throughput import engine_vs_naive
 

@@ -90,6 +90,8 @@ def uses_quick_gelu(preset: str, pretrained: str | None, override: bool | None =
     """
     if override is not None:
         return bool(override)
+    if _pretrained_here(pretrained):
+        return False  # pipeline.pretrain builds its backbones with GELU
     if preset != CLIP_MODEL or pretrained is None:
         return False
     tag_cfg = open_clip.get_pretrained_cfg(CLIP_MODEL, str(pretrained))
@@ -141,12 +143,13 @@ def build_backbone(preset: str, pretrained: str | os.PathLike[str] | None, quick
         preset: a key of :data:`PRESETS`.
         pretrained: None (random init, trains from scratch), a local CLIP
             weights file (what open_clip saves: ``.safetensors`` or ``.bin``),
-            or an open_clip tag such as ``"openai"`` (downloaded).
+            an open_clip tag such as ``"openai"`` (downloaded), or a backbone
+            file of ``python -m pipeline.pretrain`` (any preset, ``models.pretraining``).
         quick_gelu: force the activation; by default from :func:`uses_quick_gelu`.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown backbone preset {preset!r}; presets: {sorted(PRESETS)}")
-    if pretrained is not None and preset != CLIP_MODEL:
+    if pretrained is not None and preset != CLIP_MODEL and not _pretrained_here(pretrained):
         raise ValueError(
             f"backbone preset {preset!r} has no pretrained weights (model.pretrained={str(pretrained)!r}); "
             f"only {CLIP_MODEL!r} can load CLIP weights: "
@@ -158,9 +161,20 @@ def build_backbone(preset: str, pretrained: str | os.PathLike[str] | None, quick
         return backbone  # every weight comes from a checkpoint: nothing to read, nothing to warn about
     if pretrained is None:
         log.warning("backbone %s has no pretrained weights: it trains from scratch", preset)
+    elif _pretrained_here(pretrained):
+        from models.pretraining import load_pretrained_backbone
+
+        load_pretrained_backbone(backbone, pretrained)
     else:
         load_clip_weights(backbone, str(pretrained), quick)
     return backbone
+
+
+def _pretrained_here(pretrained: str | os.PathLike[str] | None) -> bool:
+    """Whether ``pretrained`` is a backbone file of ``python -m pipeline.pretrain`` (``models.pretraining``), not CLIP's."""
+    from models.pretraining import is_pretrained_backbone
+
+    return is_pretrained_backbone(pretrained)
 
 
 def load_clip_weights(backbone: Backbone, pretrained: str, quick_gelu: bool) -> None:

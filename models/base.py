@@ -82,6 +82,10 @@ class MissingModalityClassifier(nn.Module):
     """Base class: subclasses implement ``forward`` and may override the training hooks."""
 
     optimizer_defaults = OptimizerDefaults()
+    supports_dense: bool = False
+    """Whether the class offers ``forward_dense`` (one pass classifies every pixel of a crop; ``models.dense``)."""
+    masks_modalities_in_training = False
+    """True when :meth:`training_availability` already draws protocol ``mmp``'s mask (MMP), so the trainer does not."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -90,6 +94,10 @@ class MissingModalityClassifier(nn.Module):
     # -- inference -------------------------------------------------------
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
+        """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W), where ``supports_dense``."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
 
     # -- training hooks --------------------------------------------------
     def stages(self) -> list[str]:

@@ -10,6 +10,8 @@ Common ``config.params``:
         (a backbone without pretrained weights has to learn).
     quick_gelu: force the blocks' activation (default: from the weights, see
         ``models.backbone.uses_quick_gelu``).
+    window_size: side in pixels of the dense path's attention windows (even;
+        default 8); only classes with ``supports_dense`` use it (see ``models.dense``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from open_clip.transformer import ResidualAttentionBlock
 from torch import Tensor, nn
 
+from models import dense
 from models.backbone import build_backbone
 from models.base import MissingModalityClassifier, ModelConfig
 from models.projection import ModalityProjection
@@ -28,7 +31,7 @@ from models.registry import available_methods, method_class
 
 log = logging.getLogger(__name__)
 
-COMMON_PARAMS: dict[str, Any] = {"missing_tokens": "zero", "freeze_backbone": None, "quick_gelu": None}
+COMMON_PARAMS: dict[str, Any] = {"missing_tokens": "zero", "freeze_backbone": None, "quick_gelu": None, "window_size": 8}
 
 
 class PatchTransformerClassifier(MissingModalityClassifier):
@@ -45,8 +48,9 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         self.params = resolve_params(config, self.default_params)
         self.backbone = build_backbone(config.backbone, config.pretrained, self.params["quick_gelu"])
         width = self.backbone.width
+        self.window_size = dense.check_window_size(int(self.params["window_size"])) if self.supports_dense else None
         self.projection = ModalityProjection(
-            config.modalities, config.bands, config.patch_size, width, self.params["missing_tokens"]
+            config.modalities, config.bands, config.patch_size, width, self.params["missing_tokens"], self.window_size
         )
         self.head = nn.Linear(len(config.modalities) * width, config.num_classes)
         freeze = self.params["freeze_backbone"]
@@ -72,8 +76,72 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         return self.head(torch.cat(features, dim=-1))
 
     def block_context(self, available: Tensor) -> Any:
-        """What :meth:`run_block` needs besides the tokens, computed once per forward pass."""
+        """What :meth:`run_block` needs besides the tokens, computed once per forward pass.
+
+        ``available`` is (B, M) per sample on the patch path and (N, L, M) per
+        token (each token's own pixel) on the dense path.
+        """
         return available
+
+    # -- dense path (models.dense) ----------------------------------------
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels around a pixel that its dense logits can depend on: the tile halo mapping reads."""
+        if self.window_size is None:
+            raise NotImplementedError(f"{type(self).__name__} has no dense path")
+        return dense.receptive_radius(self.backbone.layers, self.window_size)
+
+    def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
+        """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W); see ``models.dense``."""
+        features = self.dense_features(inputs, available, origin)  # (B, M, width, H, W)
+        b, m, c, h, w = features.shape
+        pixels = features.permute(0, 3, 4, 1, 2).reshape(b, h, w, m * c)
+        return self.head(pixels).permute(0, 3, 1, 2)
+
+    def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
+        """Per-pixel, per-modality output tokens (B, M, width, H, W) after ``ln_post``, before the head."""
+        if self.window_size is None:
+            raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
+        self.check_dense_inputs(inputs, available)
+        b, _, h, w = available.shape
+        window = self.window_size
+        canvas = dense.plan_canvas(origin, b, h, w, window)
+        x = self.backbone.ln_pre(self.projection.dense(inputs, available, canvas))  # (B, Hc, Wc, M, width)
+        m = x.shape[3]
+        # each token's own pixel pattern, laid out like the tokens: (B, Hc, Wc, M tokens, M modalities)
+        pixel = dense.place(available, canvas, False).permute(0, 2, 3, 1)
+        token_avail = pixel.unsqueeze(3).expand(-1, -1, -1, m, -1)
+        contexts: dict[int, Any] = {}
+        for index, block in enumerate(self.backbone.blocks):
+            shift = dense.block_shift(index, window)
+            rows, cols = dense.shifted_region(canvas.height, canvas.width, shift)
+            region = x[:, rows, cols]
+            if shift not in contexts:
+                contexts[shift] = self.block_context(dense.partition(token_avail[:, rows, cols], window))
+            seq = self.run_block(index, block, dense.partition(region, window), contexts[shift])
+            out = dense.merge(seq, b, region.shape[1], region.shape[2], window)
+            if shift:
+                x = x.clone()
+                x[:, rows, cols] = out
+            else:
+                x = out
+        x = self.backbone.ln_post(dense.crop(x, canvas))  # (B, H, W, M, width)
+        return x.permute(0, 3, 4, 1, 2)
+
+    def check_dense_inputs(self, inputs: dict[str, Tensor], available: Tensor) -> None:
+        cfg = self.config
+        missing = [m for m in cfg.modalities if m not in inputs]
+        if missing:
+            raise ValueError(f"inputs lack modalities {missing}; the model expects {cfg.modalities}")
+        if available.dtype != torch.bool or available.dim() != 4 or available.shape[1] != len(cfg.modalities):
+            raise ValueError(
+                f"available must be a bool tensor (B, {len(cfg.modalities)}, H, W), got {available.dtype} {tuple(available.shape)}"
+            )
+        b, _, h, w = available.shape
+        for name, bands in zip(cfg.modalities, cfg.bands):
+            shape = tuple(inputs[name].shape)
+            if shape != (b, bands, h, w):
+                raise ValueError(f"modality {name!r}: expected a tensor {(b, bands, h, w)}, got {shape}")
 
     def run_block(self, index: int, block: ResidualAttentionBlock, x: Tensor, context: Any) -> Tensor:
         """One backbone block; methods that adapt blocks override this."""

@@ -81,8 +81,9 @@ class PatternRouter(nn.Module):
         self.gate = nn.Linear(hidden, num_experts)
 
     def forward(self, z: Tensor, m_type: Tensor) -> Tensor:
-        """Gates (B, L, E) for tokens ``z`` (B, L, width) and pattern codes ``m_type`` (B, type_dim)."""
-        hidden = self.token_map(z) + self.type_map(m_type.to(z.dtype)).unsqueeze(1)
+        """Gates (B, L, E) for tokens ``z`` (B, L, width) and pattern codes ``m_type`` (B, type_dim) or per token (B, L, type_dim)."""
+        typed = self.type_map(m_type.to(z.dtype))
+        hidden = self.token_map(z) + (typed.unsqueeze(1) if typed.dim() == 2 else typed)
         probs = torch.softmax(self.gate(self.act(hidden)).float(), dim=-1)
         if self.top_k < self.num_experts:
             kept = torch.topk(probs, self.top_k, dim=-1).indices

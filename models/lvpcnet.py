@@ -48,7 +48,19 @@ the shared feature averages the available modalities only.
     text_preset: text encoder, ``ViT-B-16`` or ``tiny`` (default: ``ViT-B-16``
         with CLIP weights, else ``tiny``, random, with a warning).
     text_pretrained: CLIP weights for the text encoder (default ``model.pretrained``).
-    text_seed: seed of a random text encoder (default 0).
+    text_seed: seed of a random text encoder, or of the class codes (default 0).
+    untrained_text: what stands for language without CLIP text weights:
+        ``codes`` (default): seeded orthonormal class codes, one set for the
+        shared sentences and one per modality; ``encoder``: a randomly
+        initialised text tower (before 2026-12 the only choice). A random tower
+        maps every sentence of a class table to nearly the same direction
+        (cosine 0.8-0.97 between classes), so the contrastive loss at
+        temperature 0.07 pulls all classes together and some seeds collapsed
+        (61 % OA where the baseline had 93 %); orthonormal codes carry the only
+        thing such features can carry, the class identity, without that pull.
+    freeze_backbone: keep the encoders (copies of the pretrained backbone's first
+        blocks) frozen; default True when ``config.pretrained`` is set: then
+        the tokenizer, heads, text projections, prompts and convs train.
     quick_gelu: force the blocks' activation (default: from the weights).
 """
 
@@ -69,6 +81,7 @@ from models.backbone import (
 )
 from models.base import MissingModalityClassifier, ModelConfig
 from models.classifier import resolve_params
+from models.pretraining import is_pretrained_backbone
 from models.projection import ModalityProjection, zero_where_missing
 from models.registry import register
 from models.text import class_texts, encode_texts, text_feature_dim
@@ -87,6 +100,8 @@ LVPCNET_PARAMS: dict[str, Any] = {
     "text_preset": None,
     "text_pretrained": None,
     "text_seed": 0,
+    "untrained_text": "codes",
+    "freeze_backbone": None,
     "quick_gelu": None,
 }
 
@@ -170,10 +185,14 @@ class LVPCNet(MissingModalityClassifier):
         )
         self.prompts = nn.ParameterDict({name: nn.Parameter(width**-0.5 * torch.randn(depth, length, width)) for name in names})
         self.current_stage = STAGES[0]
+        freeze = p["freeze_backbone"]
+        self.encoders_frozen = config.pretrained is not None if freeze is None else bool(freeze)
 
     # -- language features -------------------------------------------------------
     def _text_source(self) -> tuple[str, str | None]:
         p, pretrained = self.params, self.config.pretrained
+        if is_pretrained_backbone(pretrained):
+            pretrained = None  # a backbone of pipeline.pretrain has no text tower
         weights = p["text_pretrained"]
         preset = p["text_preset"] or (CLIP_MODEL if (weights or pretrained) else "tiny")
         if weights is None and preset == CLIP_MODEL:
@@ -186,10 +205,17 @@ class LVPCNet(MissingModalityClassifier):
         if len(names) != cfg.num_classes:
             raise ValueError(f"{len(names)} class names for {cfg.num_classes} classes")
         kinds = cfg.kinds or list(cfg.modalities)
+        k = cfg.num_classes
+        if weights is None and self.params["untrained_text"] == "codes":
+            codes = orthonormal_class_codes(1 + len(cfg.modalities), k, text_feature_dim(preset), int(self.params["text_seed"]))
+            self.text_shared.copy_(codes[0])
+            self.text_specific.copy_(codes[1:])
+            return
+        if self.params["untrained_text"] not in ("codes", "encoder"):
+            raise ValueError(f"untrained_text must be 'codes' or 'encoder', got {self.params['untrained_text']!r}")
         texts = class_texts(names, kinds, cfg.class_descriptions)
         sentences = texts.shared + [s for per_kind in texts.per_modality for s in per_kind]
         features = encode_texts(sentences, preset, weights, self.params["quick_gelu"], int(self.params["text_seed"]))
-        k = cfg.num_classes
         self.text_shared.copy_(features[:k])
         self.text_specific.copy_(features[k:].view(len(cfg.modalities), k, -1))
 
@@ -268,6 +294,9 @@ class LVPCNet(MissingModalityClassifier):
         compensation = {id(p) for p in self.compensation_parameters()}
         for param in self.parameters():
             param.requires_grad_((id(param) in compensation) == (stage == "prompt"))
+        if self.encoders_frozen:  # a pretrained backbone: its copies stay as they are, as in the paper
+            for encoder in (self.shared, *self.specific.values()):
+                encoder.requires_grad_(False)
         return [p for p in self.parameters() if p.requires_grad]
 
     def training_availability(self, available: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -309,6 +338,16 @@ class LVPCNet(MissingModalityClassifier):
         align = torch.stack(align_terms).mean() if align_terms else ce.new_zeros(())
         loss = ce.float() + float(self.params["align_weight"]) * align
         return {"loss": loss, "ce": ce.detach(), "align": align.detach()}
+
+
+def orthonormal_class_codes(sets: int, classes: int, dim: int, seed: int) -> Tensor:
+    """``sets`` tables of ``classes`` orthonormal vectors of length ``dim`` (sets, classes, dim), seeded, float32."""
+    if classes > dim:
+        raise ValueError(f"{classes} orthonormal class codes need a text width of at least {classes}, got {dim}")
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn((sets, dim, classes), generator=generator, dtype=torch.float64)
+    q, _ = torch.linalg.qr(gaussian)  # (sets, dim, classes), orthonormal columns
+    return q.transpose(1, 2).float().contiguous()
 
 
 def class_text_contrastive(visual: Tensor, text: Tensor, targets: Tensor, temperature: float) -> Tensor:

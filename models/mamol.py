@@ -26,7 +26,9 @@ on with coefficient 1, and one expert per modality with coefficient
 it is missing. The coefficients are fixed, never learned.
 
 The classification head sees the modality features concatenated (see
-``models.classifier``). The seed describes no auxiliary loss (no router
+``models.classifier``). On the dense path (``models.dense``) availability is
+per pixel: ``m_type`` and the static coefficients are taken per token from
+the token's own pixel pattern. The seed describes no auxiliary loss (no router
 load-balancing term), so training minimises cross-entropy only.
 
 ``config.params`` (with the common keys of ``models.classifier``):
@@ -78,7 +80,10 @@ MAMOL_PARAMS: dict[str, Any] = {
 
 
 class BlockContext(NamedTuple):
-    """Per forward pass: the availability (B, M) and the pattern codes ``m_type`` (B, type_dim) or None."""
+    """Per forward pass: the availability and the pattern codes ``m_type`` or None.
+
+    Patch path: (B, M) and (B, type_dim), per sample. Dense path: (N, L, M) and (N, L, type_dim), per token.
+    """
 
     available: Tensor
     m_type: Tensor | None
@@ -112,17 +117,18 @@ class MissingAwareMixture(nn.Module):
             gates = self.router(z, m_type)
             h = h + self.dynamic(z, gates)
         if self.static is not None:
-            h = h + self.static(z, self.static_coefficients(available).unsqueeze(1))
+            coefficients = self.static_coefficients(available)
+            h = h + self.static(z, coefficients.unsqueeze(1) if coefficients.dim() == 2 else coefficients)
         return self.norm(h), gates
 
     def static_coefficients(self, available: Tensor) -> Tensor:
-        """(B, E_static): 1 for shared experts; 1/(present count) for each present modality's expert."""
-        shared = available.new_ones((available.shape[0], self.num_shared), dtype=torch.float32)
+        """(..., E_static) for availability (..., M): 1 for shared experts; 1/(present count) for each present modality's expert."""
+        shared = available.new_ones((*available.shape[:-1], self.num_shared), dtype=torch.float32)
         if not self.modality_experts:
             return shared
         present = available.float()
-        per_modality = present / present.sum(dim=1, keepdim=True).clamp(min=1.0)
-        return torch.cat([shared, per_modality], dim=1)
+        per_modality = present / present.sum(dim=-1, keepdim=True).clamp(min=1.0)
+        return torch.cat([shared, per_modality], dim=-1)
 
 
 @register("mamol")
@@ -130,6 +136,7 @@ class MaMOL(PatchTransformerClassifier):
     """Missing-aware Mixture of LoRAs on the open_clip backbone (see the module docstring)."""
 
     default_params = MAMOL_PARAMS
+    supports_dense = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -155,12 +162,16 @@ class MaMOL(PatchTransformerClassifier):
         self.last_gates: dict[int, Tensor] = {}
 
     def pattern_codes(self, available: Tensor) -> Tensor:
-        """(B,) integer code of each sample's availability pattern: sum of 2**i over available modalities."""
-        return pattern_code(available, axis=1)
+        """Integer code of each availability pattern (..., M) -> (...): sum of 2**i over available modalities."""
+        return pattern_code(available, axis=-1)
 
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
         self.last_gates = {}
         return super().forward(inputs, available)
+
+    def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
+        self.last_gates = {}
+        return super().dense_features(inputs, available, origin)
 
     def block_context(self, available: Tensor) -> BlockContext:
         m_type = None if self.pattern_embedding is None else self.pattern_embedding(self.pattern_codes(available))

@@ -16,8 +16,9 @@ zeros, so the MLP sees one input layout for every pattern. Here every
 modality has P*P tokens of the backbone width, so the seed's linear maps for
 differing widths or token counts are identities and left out.
 
-Training masks each available modality with p = ``mask_prob`` (at least one
-kept, ``models.masking.mmp_mask``) anew at every step, and adds to the task
+Training masks each available modality of a complete sample with p =
+``mask_prob`` (at least one kept, ``models.masking.mmp_mask``) anew at every
+step (samples a protocol already left incomplete are not masked again), and adds to the task
 loss ``align_weight * SmoothL1(T'_i, T_i)`` over the masked modalities,
 whose real tokens T_i are known. The target T_i is detached: the tokenizer
 learns from the task only, and the projection learns to imitate it (without
@@ -115,6 +116,7 @@ class MMP(PatchTransformerClassifier):
     """Masked Modality Projection on the open_clip backbone (see the module docstring)."""
 
     default_params = MMP_PARAMS
+    masks_modalities_in_training = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -159,9 +161,18 @@ class MMP(PatchTransformerClassifier):
 
     # -- training hooks --------------------------------------------------------
     def training_availability(self, available: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """MMP's mask of the batch; the real availability is kept for :meth:`training_loss`'s targets."""
+        """MMP's mask of the batch's complete samples; the real availability is kept for :meth:`training_loss`'s targets.
+
+        Samples a protocol (``eta``, ``rates``) or the scene already left
+        incomplete keep what they have: masking them again would stack MMP's
+        drop on the protocol's, so that under eta 70 % barely one sample in ten
+        stays complete and the head rarely sees a complete one. Under protocol
+        ``mmp`` (all samples complete) this is exactly the protocol's draw.
+        """
         self._real_available = available.clone()
-        return mmp_mask(available, float(self.params["mask_prob"]), generator)
+        complete = available.all(dim=1, keepdim=True)
+        masked = mmp_mask(available, float(self.params["mask_prob"]), generator)
+        return torch.where(complete, masked, available)
 
     def training_loss(self, inputs: dict[str, Tensor], available: Tensor, targets: Tensor, stage: str) -> dict[str, Tensor]:
         """Cross-entropy plus ``align_weight * SmoothL1(T'_i, T_i)`` over the masked (sample, modality) pairs.
@@ -171,6 +182,7 @@ class MMP(PatchTransformerClassifier):
         it, nothing counts as masked and the loss is the cross-entropy.
         """
         real, self._real_available = self._real_available, None
+        real = real.to(available.device) if real is not None else None
         if real is None or real.shape != available.shape or bool((available & ~real).any()):
             real = available
         self.check_inputs(inputs, available)

@@ -9,12 +9,20 @@ tokens of all modalities are concatenated in ``config.modalities`` order:
 A missing modality's tokens are replaced, whatever its tensor holds, by
 zeros (``missing_tokens="zero"``, the paper) or by a learnable per-position
 dummy (``missing_tokens="dummy"``).
+
+With ``window_size`` set, :meth:`ModalityProjection.dense` embeds whole
+crops for the dense path (``models.dense``): the same band maps and modality
+embeddings, a position embedding per position inside a W x W window (scene
+coordinates), and per-pixel missing tokens (zero, or the centre position's
+dummy).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from models.dense import Canvas, place
 
 MISSING_TOKEN_MODES = ("zero", "dummy")
 
@@ -34,10 +42,17 @@ class ModalityProjection(nn.Module):
         patch_size: patch side in pixels.
         width: token width (the backbone's).
         missing_tokens: ``"zero"`` or ``"dummy"``.
+        window_size: side (pixels) of the dense path's attention windows, or None (patch path only).
     """
 
     def __init__(
-        self, modalities: list[str], bands: list[int], patch_size: int, width: int, missing_tokens: str = "zero"
+        self,
+        modalities: list[str],
+        bands: list[int],
+        patch_size: int,
+        width: int,
+        missing_tokens: str = "zero",
+        window_size: int | None = None,
     ) -> None:
         super().__init__()
         if missing_tokens not in MISSING_TOKEN_MODES:
@@ -52,6 +67,11 @@ class ModalityProjection(nn.Module):
         self.modality = nn.Parameter(scale * torch.randn(len(modalities), width))
         if missing_tokens == "dummy":
             self.dummy = nn.Parameter(scale * torch.randn(len(modalities), self.tokens_per_modality, width))
+        self.window_size = window_size
+        if window_size is not None:
+            # drawn from a forked RNG: the patch path's parameters initialise exactly as without the dense path
+            with torch.random.fork_rng(devices=[]):
+                self.window_position = nn.Parameter(scale * torch.randn(window_size * window_size, width))
 
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
         groups = []
@@ -68,3 +88,27 @@ class ModalityProjection(nn.Module):
         """Token index range of each modality in the concatenated sequence."""
         n = self.tokens_per_modality
         return [slice(i * n, (i + 1) * n) for i in range(len(self.modalities))]
+
+    def dense(self, inputs: dict[str, Tensor], available: Tensor, canvas: Canvas) -> Tensor:
+        """Tokens (B, canvas H, canvas W, M, width) of crops (B, C_m, H, W) placed on ``canvas``.
+
+        ``available`` (B, M, H, W) is per pixel; canvas padding is unavailable.
+        Missing values are zeroed before the band map, so NaN cannot reach the tokens or the gradients.
+        """
+        if self.window_size is None:
+            raise ValueError("this projection has no window_size: the model does not support the dense path")
+        w = self.window_size
+        present = place(available, canvas, False)  # (B, M, Hc, Wc)
+        reps = (canvas.height // w, canvas.width // w)
+        position = self.window_position.view(w, w, -1).repeat(*reps, 1)  # (Hc, Wc, width), canvas starts on the grid
+        groups = []
+        for i, name in enumerate(self.modalities):
+            here = available[:, i : i + 1]
+            x = place(torch.where(here, inputs[name], torch.zeros((), dtype=inputs[name].dtype)), canvas)
+            tokens = self.band_maps[name](x.permute(0, 2, 3, 1)) + position + self.modality[i]
+            if self.missing_tokens == "dummy":
+                fill = self.dummy[i, self.tokens_per_modality // 2].to(tokens.dtype)
+            else:
+                fill = tokens.new_zeros(())
+            groups.append(torch.where(present[:, i, :, :, None], tokens, fill))
+        return torch.stack(groups, dim=3)

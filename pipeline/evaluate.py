@@ -1,7 +1,9 @@
 """The papers' protocols: ``python -m pipeline.evaluate CATALOG --methods a,b --protocol mamol-table1``.
 
 OA, AA, Cohen's kappa, per-class accuracy and confusion matrices per setting, method and seed,
-as Markdown, CSV and JSON tables (see :mod:`pipeline.learn.evaluation`).
+as Markdown, CSV and JSON tables (see :mod:`pipeline.learn.evaluation`), beside an
+availability-blind random forest on the same training pixels (the floor), and OA per
+availability pattern and per footprint of the catalog's clouds and failures.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("catalog", help="the catalog YAML file, or its URL")
     parser.add_argument("--methods", help="comma-separated, e.g. baseline,mamol (ablations: mamol:use_dynamic=false)")
-    parser.add_argument("--protocol", default="mamol-table1", help="mamol-table1 | mamol-table3 | mamol-table5 | lvpcnet-table1")
+    parser.add_argument("--protocol", default="mamol-table1", help="scene (the catalog's protocol, tested on the scene's real availability) | mamol-table1 | mamol-table3 | mamol-table5 | lvpcnet-table1")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the catalog's training.seed)")
     parser.add_argument("--scene")
     parser.add_argument("--output", type=Path, help="folder for the tables (default: <output.folder>/<scene>/evaluation/<protocol>)")

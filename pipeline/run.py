@@ -150,8 +150,14 @@ def resolve_checkpoint(catalog: Catalog, scene: Scene, ds: xr.Dataset, progress:
     return result.checkpoint, verified_checkpoint(local_copy(result.checkpoint), scene, ds, catalog), time.perf_counter() - started
 
 
-def held_out_accuracy(ds: xr.Dataset, map_store: Location, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512) -> dict[str, Any] | None:
-    """Accuracy on labelled pixels that did not train or validate the model, read in row blocks."""
+def held_out_accuracy(ds: xr.Dataset, map_store: Location, checkpoint: Path, metadata: dict[str, Any], rows_per_block: int = 512,
+                      scene: Scene | None = None, catalog_file: Location | None = None) -> dict[str, Any] | None:
+    """Accuracy on labelled pixels that did not train or validate the model, read in row blocks.
+
+    Also per availability pattern the map used (``patterns``) and, with ``scene``, per footprint
+    of its clouds and failures (``footprints``; ``pipeline.learn.breakdown``).
+    """
+    from pipeline.learn.breakdown import footprint_masks, grouped_summaries, pattern_label
     from pipeline.learn.metrics import classification_summary
     from pipeline.learn.sampling import class_index_lookup
 
@@ -170,7 +176,9 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Location, checkpoint: Path, met
         used = checked_split(split_file).used_for_training(shape)
         excluded = True
     mapped = open_zarr(map_store, consolidated=False)
-    truth_all, pred_all = [], []
+    footprints = footprint_masks(scene, ds[label_var], catalog_file) if scene is not None else {}
+    truth_all, pred_all, pattern_all = [], [], []
+    inside: dict[str, list[np.ndarray]] = {name: [] for name in footprints}
     for r0 in range(0, shape[0], rows_per_block):
         sl = slice(r0, r0 + rows_per_block)
         truth = lookup[ds[label_var].isel(y=sl).values]
@@ -178,12 +186,21 @@ def held_out_accuracy(ds: xr.Dataset, map_store: Location, checkpoint: Path, met
         keep = (truth >= 0) & ~used[sl]
         truth_all.append(truth[keep])
         pred_all.append(pred[keep])
+        pattern_all.append(mapped["pattern"].isel(y=sl).values[keep])
+        for name, mask in footprints.items():
+            inside[name].append(mask[sl][keep])
     truth = np.concatenate(truth_all)
     pred = np.concatenate(pred_all)
     if truth.size == 0:
         return None
     unmapped = pred < 0
     summary = classification_summary(truth[~unmapped], pred[~unmapped], len(values), names)
+    modalities = [str(m) for m in ds["modality"].values]
+    codes = np.concatenate(pattern_all)[~unmapped]
+    summary["patterns"] = grouped_summaries(truth[~unmapped], pred[~unmapped],
+                                            {pattern_label(int(c), modalities): codes == c for c in np.unique(codes)}, names)
+    summary["footprints"] = grouped_summaries(truth[~unmapped], pred[~unmapped],
+                                              {k: np.concatenate(v)[~unmapped] for k, v in inside.items()}, names)
     summary["unmapped_pixels"] = int(unmapped.sum())
     summary["label_variable"] = label_var
     # False when the checkpoint was trained on other data: then no pixel is known to be a training pixel.
@@ -234,7 +251,7 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Location, out_di
                       listen: str | None) -> SceneRun:
     from pipeline.data.ingest import ingest_scene, scene_content_hash, stored_hash
     from pipeline.inference.classify import resolved_precision
-    from pipeline.inference.mapping import map_is_current, map_scene
+    from pipeline.inference.mapping import map_is_current, map_scene, resolved_inference
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -258,9 +275,10 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Location, out_di
     tile = tile_size or catalog.output.tile_size
     final_map = map_store_path(catalog.output.folder, scene.name)
     t = time.perf_counter()
-    if map_is_current(store, checkpoint, final_map, tile, catalog.model.precision):
+    if map_is_current(store, checkpoint, final_map, tile, catalog.model.precision, catalog.model.inference):
         log.info("map %s is up to date; nothing to classify (no cluster started)", final_map)
-        mapped = MapResult(final_map, len(tile_windows(ds.sizes["y"], ds.sizes["x"], tile)), 0, 0.0, reused=True)
+        mapped = MapResult(final_map, len(tile_windows(ds.sizes["y"], ds.sizes["x"], tile)), 0, 0.0, reused=True,
+                           inference=resolved_inference(local_copy(checkpoint), catalog.model.inference))
     else:
         if not (scheduler or catalog.cluster.scheduler):  # local workers: say what 'auto' means on this machine
             log.info("mapping precision %s: %s here", catalog.model.precision, resolved_precision(catalog.model.precision))
@@ -269,7 +287,7 @@ def _run_scene_locked(catalog: Catalog, scene: Scene, work_dir: Location, out_di
             threads = None if (scheduler or catalog.cluster.scheduler) else torch_threads_per_worker(client)
             mapped = map_scene(
                 client, store, checkpoint, final_map, tile, catalog.output.batch_pixels,
-                catalog.model.precision, catalog.cluster.gpu, threads, progress,
+                catalog.model.precision, catalog.cluster.gpu, threads, progress, catalog.model.inference,
             )
     timings["classify"] = time.perf_counter() - t
 
@@ -368,7 +386,7 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Loca
     outputs.update({k: out_dir / v.name for k, v in staged.items()})
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
-    accuracy = held_out_accuracy(ds, final_map, local_checkpoint, metadata)
+    accuracy = held_out_accuracy(ds, final_map, local_checkpoint, metadata, scene=scene, catalog_file=catalog.path)
     timings["accuracy"] = time.perf_counter() - t
     if mapped.gpu:
         notes.append(f"classified on GPU workers: tiles per device {mapped.devices}")
@@ -385,7 +403,8 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Loca
     )
     report["mapping"] = {"tiles": mapped.tiles_total, "tiles_computed": mapped.tiles_computed, "reused": mapped.reused,
                          "tile_size": tile, "devices": mapped.devices, "workers": mapped.workers,
-                         "precision": {"catalog": catalog.model.precision, "tiles": mapped.precisions}}
+                         "precision": {"catalog": catalog.model.precision, "tiles": mapped.precisions},
+                         "inference": {"catalog": catalog.model.inference, "path": mapped.inference}}
     if "json" in formats:
         staged["report"] = write_report(report, staging / "report.json")
         outputs["report"] = out_dir / "report.json"

@@ -287,8 +287,9 @@ class Protocol(_Section):
 
     ``eta``: the fraction of incomplete samples, spread evenly over the
     2^M - 2 incomplete patterns. ``rates``: per-modality availability rates
-    instead. ``mmp``: each modality dropped with probability 0.5 per step, at
-    least one kept. ``none``: the availability the scene has.
+    instead. ``mmp``: for every method, each available modality dropped with
+    probability 0.5 anew at every training step, at least one kept (MMP's
+    masking). ``none``: the availability the scene has.
     """
 
     kind: Literal["none", "eta", "rates", "mmp"] = "eta"
@@ -307,19 +308,41 @@ class Training(_Section):
     lr: float | None = None
     weight_decay: float | None = None
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
-    patience: int = Field(default=8, ge=1)
+    patience: int = Field(default=8, ge=1, description="epochs without validation progress before stopping (selection: best)")
+    selection: Literal["last", "best"] = Field(
+        default="last", description="weights a stage keeps: 'last' (end of the annealed schedule) or 'best' validation OA")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="gradient norm clip per step (none: no clipping)")
     max_steps: int | None = None
     protocol: Protocol = Field(default_factory=Protocol)
+
+
+class Pretrain(_Section):
+    """Self-supervised pretraining of the backbone on the catalog's pixels (``python -m pipeline.pretrain``)."""
+
+    steps: int = Field(default=1500, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    pool_pixels: int = Field(default=30000, ge=1, description="pixels drawn from all scenes (crops around them)")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    seed: int = 0
+    log_every: int = Field(default=25, ge=1)
+    save_every: int = Field(default=250, ge=1, description="steps between resume points")
 
 
 class Model(_Section):
     method: str = "mamol"
     backbone: str = Field(default="tiny", description="preset: ViT-B-16, small, tiny, ...")
-    pretrained: Path | str | None = Field(default=None, description="CLIP weights file, or 'openai' to download")
+    pretrained: Path | str | None = Field(
+        default=None, description="CLIP weights file, 'openai' to download, or a backbone file of python -m pipeline.pretrain")
+    pretrain: bool | Pretrain = Field(
+        default=False, description="pretrain the backbone on the scenes' pixels first (reused while they are unchanged)")
     checkpoint: PathOrURL | None = None
     patch_size: int = Field(default=7, ge=1)
     params: dict[str, Any] = Field(default_factory=dict, description="method hyper-parameters")
     precision: Literal["float32", "bfloat16", "auto"] = "auto"
+    inference: Literal["auto", "dense", "patch"] = Field(
+        default="auto", description="mapping path: 'dense' (one pass per tile), 'patch' (a patch per pixel), "
+        "'auto' (dense where the method has it)")
 
     @field_validator("patch_size")
     @classmethod

@@ -1,4 +1,5 @@
-"""Command line: ``python -m pipeline.datasets fetch NAME [--dest DIR] [--mirror URL]`` and ``list [NAME]``.
+"""Command line: ``python -m pipeline.datasets fetch NAME [--dest DIR] [--mirror URL]``, ``list [NAME]``
+and ``build-benchmark NAME --dest DIR`` (a benchmark scene from ../shared/data, see ``benchmark_scenes``).
 
 Exit codes: 0 done, 1 a dataset could not be fetched (the message says what to download by hand
 and where to put it), 2 wrong usage.
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.cli import guarded
+from pipeline.datasets.benchmark_scenes import RECIPES, build_benchmark_scene
 from pipeline.datasets.fetch import (
     FileState,
     dataset_dir,
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="datasets, their files and whether each is present and verified")
     listing.add_argument("name", nargs="?", choices=sorted(DATASETS))
     listing.add_argument("--dest", type=Path, default=None, help=dest_help)
+    build = commands.add_parser(
+        "build-benchmark", help="build a benchmark scene from the real pieces in ../shared/data (real LiDAR and labels, HS from real spectra)")
+    build.add_argument("name", choices=sorted(RECIPES))
+    build.add_argument("--dest", type=Path, required=True, help="folder for the scene's files, e.g. data/muufl-bench")
+    build.add_argument("--seed", type=int, default=0, help="seed of the synthesis, clouds and LiDAR gap")
     return parser
 
 
@@ -74,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        if args.command == "list":
+        if args.command == "build-benchmark":
+            for role, path in build_benchmark_scene(args.name, args.dest, args.seed).items():
+                print(f"  {role:<10} {path}")
+        elif args.command == "list":
             _list([args.name] if args.name else list(DATASETS), args.dest)
         else:
             print(f"{args.name} -> {dataset_dir(DATASETS[args.name], args.dest)}")

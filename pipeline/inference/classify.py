@@ -4,6 +4,17 @@ This is the function Dask runs on workers. It receives paths and a window,
 never a model: the model is loaded once per worker process and cached by the
 checkpoint's hash, so tasks stay small and a GPU worker keeps its weights on
 the device between tiles.
+
+Two inference paths (catalog ``model.inference``; :func:`inference_path`):
+
+- ``patch``: every pixel gets its own P x P patch; the tile is read with a halo
+  of P // 2 and classified ``batch_pixels`` patches at a time.
+- ``dense`` (models with ``supports_dense``): one forward pass over the tile
+  read with a halo of the model's ``receptive_radius``; the windows are
+  anchored to the scene grid (``origin`` = the halo'd window's top-left), and
+  only the tile is kept. Every pixel of the tile then sees exactly the inputs
+  it would see in a whole-scene pass, so the map does not depend on the tile
+  size or the worker count (``models.dense``).
 """
 
 from __future__ import annotations
@@ -18,10 +29,12 @@ import numpy as np
 import torch
 import xarray as xr
 import zarr
+from torch import Tensor
 
 from models import load_checkpoint
 from models.base import MissingModalityClassifier
 from models.patterns import pattern_code
+from pipeline.config.errors import CheckpointError
 from pipeline.data.patches import (
     NormStats,
     Window,
@@ -30,6 +43,12 @@ from pipeline.data.patches import (
     read_window,
 )
 from pipeline.data.store import CLASS_NODATA
+from pipeline.devices import (  # re-exported: older imports keep working
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,  # noqa: F401
+    pick_device,
+)
 from pipeline.inference.allocator import keep_freed_memory_for_reuse
 from pipeline.storage import as_location, local_copy, url, zarr_kwargs
 
@@ -50,6 +69,7 @@ class TileTask:
     precision: str = "auto"
     torch_threads: int | None = None
     storage_options: dict[str, Any] | None = None  # for stores and checkpoint given as URLs (never credentials)
+    inference: str = "patch"  # resolved: 'patch' or 'dense' (see inference_path)
 
 
 @dataclass
@@ -63,34 +83,28 @@ class LoadedClassifier:
 
 _CACHE: dict[str, LoadedClassifier] = {}
 
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+INFERENCE_PATHS = ("auto", "dense", "patch")
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, ~10x slower than float32."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+def inference_path(requested: str, supports_dense: bool, trained_dense: bool, where: str | None = None) -> str:
+    """'dense' or 'patch' for catalog ``model.inference``.
 
+    ``auto`` is dense for a checkpoint of a method with the dense path that was
+    trained densely (``pipeline.learn.dense_training``), patch otherwise: a
+    patch-trained model keeps the path it learnt.
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = float32).
-
-    ``auto`` is bf16 where the hardware computes it natively (CUDA GPUs that support it,
-    CPUs with AVX512-BF16 or AMX) and float32 elsewhere; ``bfloat16`` is honoured
-    everywhere, with a warning on a CPU that can only emulate it.
+    Raises:
+        CheckpointError: ``dense`` asked of a model that has no dense path.
     """
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        if device.type == "cpu" and not cpu_has_native_bf16():
-            log.warning("precision bfloat16 on a CPU without bf16 units (no AVX512-BF16/AMX): torch emulates it, "
-                        "several times slower than float32; 'auto' picks float32 here")
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    if requested not in INFERENCE_PATHS:
+        raise ValueError(f"model.inference must be one of {INFERENCE_PATHS}, got {requested!r}")
+    if requested == "patch" or (requested == "auto" and not (supports_dense and trained_dense)):
+        return "patch"
+    if not supports_dense:
+        raise CheckpointError(where, "model.inference", "'auto' or 'patch' for a method without a dense path", "'dense'")
+    if not trained_dense:
+        log.warning("%s was trained on patches; mapping it with the dense path as model.inference asks", where)
+    return "dense"
 
 
 def resolved_precision(precision: str, device: torch.device | None = None) -> str:
@@ -133,9 +147,47 @@ def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "aut
     return loaded
 
 
+def classify_window(
+    ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int | str = "auto", inference: str = "patch"
+) -> dict[str, np.ndarray]:
+    """Class value, confidence and pattern code for every pixel of ``window`` on the ``inference`` path."""
+    if inference == "dense":
+        return classify_window_dense(ds, loaded, window)
+    return classify_window_patches(ds, loaded, window, batch_pixels)
+
+
+def logits_to_map(logits: Tensor, loaded: LoadedClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """Class values and max-probability confidence for logits (..., K)."""
+    conf, idx = torch.softmax(logits.float(), dim=-1).max(dim=-1)
+    return loaded.class_values[idx.cpu().numpy()], conf.cpu().numpy()
+
+
 @torch.inference_mode()
-def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int | str = "auto") -> dict[str, np.ndarray]:
-    """Class value, confidence and pattern code for every pixel of ``window``, ``batch_pixels`` at a time."""
+def classify_window_dense(ds: xr.Dataset, loaded: LoadedClassifier, window: Window) -> dict[str, np.ndarray]:
+    """One dense forward pass over ``window`` grown by the model's receptive radius; the halo is cropped off."""
+    model = loaded.model
+    modalities = model.config.modalities
+    halo = int(model.receptive_radius)  # type: ignore[attr-defined]
+    data = read_window(ds, modalities, window, halo)
+    norm = normalise_window(data, modalities, loaded.stats)
+    tile = (slice(halo, halo + window.height), slice(halo, halo + window.width))
+    pattern = pattern_code(data.available[:, tile[0], tile[1]], axis=0)
+    device = loaded.device
+    inputs = {m: torch.from_numpy(v).unsqueeze(0).to(device) for m, v in norm.items()}
+    available = torch.from_numpy(data.available).unsqueeze(0).to(device)
+    origin = torch.tensor([[window.row - halo, window.col - halo]])
+    with autocast(loaded.device, loaded.dtype):
+        logits = model.forward_dense(inputs, available, origin)[0, :, tile[0], tile[1]]
+    values, conf = logits_to_map(logits.permute(1, 2, 0), loaded)
+    empty = pattern == 0
+    values[empty] = CLASS_NODATA
+    conf[empty] = np.nan
+    return {"class": values.astype(np.uint8), "confidence": conf.astype(np.float32), "pattern": pattern}
+
+
+@torch.inference_mode()
+def classify_window_patches(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, batch_pixels: int | str = "auto") -> dict[str, np.ndarray]:
+    """Class value, confidence and pattern code for every pixel of ``window``, ``batch_pixels`` patches at a time."""
     batch_pixels = resolved_batch_pixels(batch_pixels, loaded.device)
     cfg = loaded.model.config
     modalities = cfg.modalities
@@ -153,15 +205,9 @@ def classify_window(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, ba
         patches, avail = extract_patches(norm, data.available, r, c, cfg.patch_size)
         inputs = {m: torch.from_numpy(v).to(device, non_blocking=True) for m, v in patches.items()}
         avail_t = torch.from_numpy(avail).to(device)
-        if loaded.dtype is not None:
-            with torch.autocast(device.type, dtype=loaded.dtype):
-                logits = loaded.model(inputs, avail_t)
-        else:
+        with autocast(loaded.device, loaded.dtype):
             logits = loaded.model(inputs, avail_t)
-        probs = torch.softmax(logits.float(), dim=-1)
-        conf, idx = probs.max(dim=-1)
-        classes[r, c] = loaded.class_values[idx.cpu().numpy()]
-        confidence[r, c] = conf.cpu().numpy()
+        classes[r, c], confidence[r, c] = logits_to_map(logits, loaded)
     return {"class": classes, "confidence": confidence, "pattern": pattern}
 
 
@@ -171,7 +217,7 @@ def process_tile(task: TileTask) -> dict[str, Any]:
     loaded = load_classifier(task.checkpoint, task.checkpoint_hash, task.precision, task.torch_threads, task.storage_options)
     scene = as_location(task.scene_store, task.storage_options)
     ds = xr.open_zarr(url(scene), chunks=None, **zarr_kwargs(scene))
-    result = classify_window(ds, loaded, task.window, task.batch_pixels)
+    result = classify_window(ds, loaded, task.window, task.batch_pixels, task.inference)
     map_store = as_location(task.map_store, task.storage_options)
     group = zarr.open_group(url(map_store), mode="r+", **zarr_kwargs(map_store))
     ys, xs = task.window.slices
@@ -191,6 +237,7 @@ def process_tile(task: TileTask) -> dict[str, Any]:
         "pixels": int(task.window.height * task.window.width),
         "device": str(loaded.device),
         "precision": "bfloat16" if loaded.dtype == torch.bfloat16 else "float32",
+        "inference": task.inference,
         "pid": os.getpid(),
         "worker": worker,
         "seconds": time.perf_counter() - started,

@@ -3,7 +3,7 @@
 While tiles are being written the store lives at ``map.zarr.partial``; its
 ``done`` array (one chunk per tile) records which tiles are complete, so a
 killed run that is started again classifies only the missing tiles. The store
-carries a run key (scene, checkpoint, tile size, precision): a partial store
+carries a run key (scene, checkpoint, tile size, precision, inference path): a partial store
 from a different run is discarded rather than mixed in.
 
 On an object store (a URL) there is no rename: the partial store is the final
@@ -38,8 +38,8 @@ from pipeline.storage import (
 )
 
 
-def run_key(scene_hash: str, checkpoint_hash: str, tile_size: int, precision: str) -> str:
-    payload = json.dumps([scene_hash, checkpoint_hash, tile_size, precision])
+def run_key(scene_hash: str, checkpoint_hash: str, tile_size: int, precision: str, inference: str = "patch") -> str:
+    payload = json.dumps([scene_hash, checkpoint_hash, tile_size, precision, inference])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

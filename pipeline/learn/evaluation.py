@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.pretraining import init_from_pretrained
 from pipeline.config.catalog import Catalog, Protocol
 from pipeline.data.patches import gather_patches
 from pipeline.files import (
     atomic_file,
     write_text,
 )
+from pipeline.learn.breakdown import footprint_masks, grouped_summaries, pattern_groups
+from pipeline.learn.forest import fit_forest, forest_predict
 from pipeline.learn.metrics import classification_summary
 from pipeline.learn.protocols import (
     MAMOL_TABLE1_ROWS,
@@ -42,6 +45,9 @@ from pipeline.learn.training import (
 )
 
 log = logging.getLogger(__name__)
+
+FOREST = "random forest (floor)"
+"""The label of the availability-blind per-pixel random forest every evaluation reports (``pipeline.learn.forest``)."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,14 @@ def _rates(rates: dict[str, float]) -> Protocol:
     return Protocol(kind="rates", rates=rates)
 
 
-def protocol_settings(name: str, modalities: list[str]) -> list[Setting]:
-    """The rows of a named protocol for a dataset's modalities."""
+def protocol_settings(name: str, modalities: list[str], training: Protocol | None = None) -> list[Setting]:
+    """The rows of a named protocol for a dataset's modalities.
+
+    ``scene``: one row, trained with ``training`` (the catalog's protocol), tested
+    on the scene's real availability (its clouds and failures): what a user's map gets.
+    """
+    if name == "scene":
+        return [Setting("catalog's training protocol, tested as the scene is", training or Protocol(kind="none"), Protocol(kind="none"))]
     if name == "mamol-table1":
         if len(modalities) != 2:
             raise ValueError(f"mamol-table1 is defined for two modalities, the scene has {modalities}")
@@ -93,10 +105,12 @@ def protocol_settings(name: str, modalities: list[str]) -> list[Setting]:
             test = _rates({n: (0.0 if n == m else 1.0) for n in modalities})
             rows.append(Setting(f"trained complete, tested without {m}", complete, test))
         return rows
-    raise ValueError(f"unknown protocol {name!r}; expected mamol-table1, mamol-table3, mamol-table5 or lvpcnet-table1")
+    raise ValueError(f"unknown protocol {name!r}; expected scene, mamol-table1, mamol-table3, mamol-table5 or lvpcnet-table1")
 
 
 def default_methods(protocol: str, catalog: Catalog) -> list[str]:
+    if protocol == "scene":
+        return [catalog.model.method]
     if protocol == "mamol-table5":
         return ["mamol", "mamol:use_dynamic=false", "mamol:use_static=false", "mamol:use_modality_experts=false"]
     return ["baseline", catalog.model.method] if catalog.model.method != "baseline" else ["baseline"]
@@ -131,7 +145,7 @@ def evaluate(
     assert scene.labels is not None
     names = [c.name for c in scene.labels.classes]
     variants = [MethodVariant.parse(m) for m in methods]
-    settings = protocol_settings(protocol, scene.modality_names)
+    settings = protocol_settings(protocol, scene.modality_names, catalog.training.protocol)
     if rows is not None:
         bad = [r for r in rows if not 0 <= r < len(settings)]
         if bad:
@@ -140,37 +154,50 @@ def evaluate(
     output.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
+    footprints: dict[str, np.ndarray] | None = None
     for seed in seeds:
         data = prepare_training_data(catalog, scene, seed)
         split = data.split
+        if footprints is None:
+            footprints = footprint_masks(scene, data.ds["labels"] if "labels" in data.ds else data.ds["available"], catalog.path)
         test_idx = stratified_subset(split.test_targets, max_test_pixels, seed)
         test_p, test_real = gather_patches(
             data.ds, data.modalities, split.test_rows[test_idx], split.test_cols[test_idx],
             data.config.patch_size, data.stats, catalog.output.tile_size,
         )
         test_targets = split.test_targets[test_idx]
+        test_footprints = {k: m[split.test_rows[test_idx], split.test_cols[test_idx]] for k, m in footprints.items()}
         for s_i, setting in enumerate(settings):
             train_avail = simulated_availability(setting.train, data.train_real, data.modalities, seed)
             val_avail = simulated_availability(setting.train, data.val_real, data.modalities, seed + 1)
             test_sim = protocol_availability(setting.test, len(test_targets), data.modalities, seed + 2)
             test_avail = test_sim & test_real
             testable = test_avail.any(axis=1)
+            test_in = {m: v[testable] for m, v in test_p.items()}
+            truth = test_targets[testable]
+            groups = {"patterns": pattern_groups(test_avail[testable], data.modalities),
+                      "footprints": {k: m[testable] for k, m in test_footprints.items()}}
+
+            context = {"setting": setting.label, "setting_index": s_i, "seed": seed,
+                       "test_pixels_without_any_modality": int((~testable).sum())}
+            t0 = time.perf_counter()
+            forest = fit_forest(data.train_patches, train_avail, split.train_targets, data.modalities, seed)
+            predicted = forest_predict(forest, test_in, test_avail[testable], data.modalities)
+            runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=time.perf_counter() - t0, **context))
             for variant in variants:
                 config = data.config
                 config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
                 torch.manual_seed(seed)
                 model = build_catalog_model(config, catalog.path)
+                init_from_pretrained(model)
                 t0 = time.perf_counter()
                 history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
-                              split.val_targets, catalog.training, seed, progress)
-                probs = predict(model, {m: v[testable] for m, v in test_p.items()}, test_avail[testable])
-                summary = classification_summary(test_targets[testable], probs.argmax(1), len(names), names)
-                summary.update({"setting": setting.label, "setting_index": s_i, "method": variant.label, "seed": seed,
-                                "epochs": len(history), "seconds": time.perf_counter() - t0,
-                                "test_pixels_without_any_modality": int((~testable).sum())})
-                runs.append(summary)
-                log.info("%s | %s | seed %d: OA %.4f AA %.4f kappa %.4f", setting.label, variant.label, seed,
-                         summary["oa"], summary["aa"], summary["kappa"])
+                              split.val_targets, catalog.training, seed, progress,
+                              precision=catalog.model.precision, protocol=setting.train)
+                probs = predict(model, test_in, test_avail[testable], precision=catalog.model.precision)
+                runs.append(run_summary(truth, probs.argmax(1), names, groups, method=variant.label, epochs=len(history),
+                                        seconds=time.perf_counter() - t0, **context))
+    variants = [*variants, MethodVariant(label=FOREST, method="forest")]
     results = {
         "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
         "seeds": seeds, "settings": [s.label for s in settings], "classes": names, "max_test_pixels": max_test_pixels,
@@ -178,6 +205,21 @@ def evaluate(
     }
     write_tables(results, output)
     return results
+
+
+def run_summary(
+    truth: np.ndarray, predicted: np.ndarray, names: list[str], groups: dict[str, dict[str, np.ndarray]], **fields: Any
+) -> dict[str, Any]:
+    """One run's metrics: overall, and per group of every kind (``patterns``, ``footprints``), with ``fields``."""
+    summary = classification_summary(truth, predicted, len(names), names)
+    summary.update(fields)
+    summary.update({kind: grouped_summaries(truth, predicted, members, names) for kind, members in groups.items()})
+    log.info("%s | %s | seed %d: OA %.4f AA %.4f kappa %.4f", fields.get("setting"), fields.get("method"), fields.get("seed"),
+             summary["oa"], summary["aa"], summary["kappa"])
+    return summary
+
+
+GROUP_KINDS = ("patterns", "footprints")
 
 
 def aggregate(runs: list[dict[str, Any]], settings: list[Setting], variants: list[MethodVariant]) -> list[dict[str, Any]]:
@@ -194,6 +236,15 @@ def aggregate(runs: list[dict[str, Any]], settings: list[Setting], variants: lis
                 entry[f"{metric}_mean"] = float(vals.mean()) if vals.size else None
                 entry[f"{metric}_std"] = float(vals.std()) if vals.size else None
             entry["confusion"] = np.sum([np.asarray(r["confusion"]) for r in rows], axis=0).tolist()
+            for kind in GROUP_KINDS:
+                names = list(dict.fromkeys(g for r in rows for g in r.get(kind, {})))
+                entry[kind] = {}
+                for g in names:
+                    oas = np.array([r[kind][g]["oa"] for r in rows if g in r.get(kind, {}) and r[kind][g]["oa"] is not None])
+                    pixels = [r[kind][g]["n"] for r in rows if g in r.get(kind, {})]
+                    entry[kind][g] = {"oa_mean": float(oas.mean()) if oas.size else None,
+                                      "oa_std": float(oas.std()) if oas.size else None, "seeds": int(oas.size),
+                                      "pixels_mean": float(np.mean(pixels))}
             table.append(entry)
     return table
 
@@ -223,6 +274,7 @@ def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
         oas = [e["oa_mean"] for e in table if e["method"] == m and e["oa_mean"] is not None]
         means.append(f"{m}: mean OA over settings {100 * np.mean(oas):.2f}%" if oas else f"{m}: n/a")
     lines += ["", "; ".join(means), ""]
+    lines += availability_tables(results)
     paths = {"markdown": output / "table.md", "csv": output / "table.csv", "json": output / "results.json"}
     write_text(paths["markdown"], "\n".join(lines))
     with atomic_file(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
@@ -233,6 +285,29 @@ def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
     write_text(paths["json"], json.dumps(results, indent=1, default=float))
     paths.update(write_confusion_pngs(results, output))
     return paths
+
+
+def availability_tables(results: dict[str, Any]) -> list[str]:
+    """Markdown lines: OA (mean ± std over seeds) per availability pattern and per footprint, a table per kind."""
+    lines: list[str] = []
+    for kind, title in (("patterns", "availability pattern of the test pixel"), ("footprints", "footprint of the catalog's clouds and failures")):
+        groups = list(dict.fromkeys(g for e in results["table"] for g in e.get(kind, {})))
+        if not groups:
+            continue
+        lines += [f"## OA by {title} (%, mean ± std over seeds; test pixels per seed in brackets)", "",
+                  "| Setting | Method | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        for e in results["table"]:
+            cells = []
+            for g in groups:
+                cell = e.get(kind, {}).get(g)
+                if cell is None or cell["oa_mean"] is None:
+                    cells.append("n/a")
+                    continue
+                spread = f" ± {100 * cell['oa_std']:.2f}" if cell["seeds"] > 1 else ""
+                cells.append(f"{100 * cell['oa_mean']:.2f}{spread} [{cell['pixels_mean']:.0f}]")
+            lines.append(f"| {e['setting']} | {e['method']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def write_confusion_pngs(results: dict[str, Any], output: Path) -> dict[str, Path]:

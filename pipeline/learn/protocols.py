@@ -36,6 +36,9 @@ from pipeline.files import (
     write_text,
 )
 
+MMP_PROTOCOL_DROP = 0.5
+"""Protocol ``mmp``: each available modality is dropped with this probability at every training step."""
+
 # --------------------------------------------------------------------------- patterns
 
 
@@ -305,7 +308,8 @@ def protocol_availability(
     """The simulated availability of ``n`` samples under the catalog's protocol: bool (n, M).
 
     ``none`` and ``mmp`` give all True: ``none`` keeps the scene's real
-    availability, and MMP masks anew at every training step (``mmp_mask``).
+    availability, and ``mmp`` masks anew at every training step, for every
+    method (``pipeline.learn.training.step_availability``).
     """
     names = list(modalities)
     if protocol.kind in ("none", "mmp"):
@@ -326,6 +330,7 @@ def protocol_availability(
 
 __all__ = [
     "MAMOL_TABLE1_ROWS",
+    "MMP_PROTOCOL_DROP",
     "ProtocolTable",
     "RatesRow",
     "Table1Row",

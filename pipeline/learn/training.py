@@ -8,7 +8,6 @@ test pixels are never looked at here.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import logging
@@ -31,11 +30,14 @@ from models import (
     save_checkpoint,
 )
 from models.base import MissingModalityClassifier
+from models.pretraining import init_from_pretrained
 from pipeline.config.catalog import Catalog, Protocol, Scene
 from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
+from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
 from pipeline.files import atomic_directory
-from pipeline.learn.protocols import protocol_availability, save_protocol_table
+from pipeline.learn.dense_training import fit_dense, trains_dense
+from pipeline.learn.protocols import MMP_PROTOCOL_DROP, mmp_mask, protocol_availability, save_protocol_table
 from pipeline.learn.sampling import Split, make_split
 from pipeline.storage import Location, as_location, open_zarr
 
@@ -83,6 +85,9 @@ def model_config_for(catalog: Catalog, scene: Scene, ds: xr.Dataset, method: str
     if scene.labels is None:
         raise InputError(catalog.path, f"scenes[{scene.name!r}].labels", "labels with classes to train a model", "none")
     classes = scene.labels.classes
+    from pipeline.learn.pretraining import ensure_pretrained
+
+    pretrained = ensure_pretrained(catalog)
     return ModelConfig(
         method=method or catalog.model.method,
         modalities=scene.modality_names,
@@ -90,7 +95,7 @@ def model_config_for(catalog: Catalog, scene: Scene, ds: xr.Dataset, method: str
         num_classes=len(classes),
         patch_size=catalog.model.patch_size,
         backbone=catalog.model.backbone,
-        pretrained=str(catalog.model.pretrained) if catalog.model.pretrained is not None else None,
+        pretrained=pretrained,
         kinds=[m.kind for m in scene.modalities],
         class_names=[c.name for c in classes],
         class_descriptions=[dict(c.description or {}) for c in classes],
@@ -129,17 +134,26 @@ def predict(
     patches: dict[str, np.ndarray],
     available: np.ndarray,
     batch_size: int = 512,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
-    """Class probabilities (N, K) for in-memory patches."""
-    model.eval()
+    """Class probabilities (N, K) for in-memory patches, on ``device`` (default: the GPU when there is one).
+
+    The model is moved to ``device``; ``precision`` picks the autocast dtype as mapping does
+    (``pipeline.devices.autocast_dtype``: bf16 where the hardware has it).
+    """
+    device = torch.device(device) if device is not None else pick_device()
+    dtype = autocast_dtype(device, precision)
+    model.to(device).eval()
     n = available.shape[0]
     out = []
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
-        inputs = {m: torch.from_numpy(v[sl]).to(device) for m, v in patches.items()}
+        inputs = {m: torch.from_numpy(v[sl]).to(device, non_blocking=True) for m, v in patches.items()}
         avail = torch.from_numpy(available[sl]).to(device)
-        out.append(torch.softmax(model(inputs, avail).float(), dim=-1).cpu().numpy())
+        with autocast(device, dtype):
+            logits = model(inputs, avail)
+        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.num_classes), dtype=np.float32)
 
 
@@ -170,6 +184,21 @@ def _write_history(history: list[dict[str, float]], folder: Path) -> None:
     fig.savefig(folder / "loss_curve.png", dpi=100)
 
 
+def step_availability(
+    model: MissingModalityClassifier, protocol: Protocol | None, available: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """The availability one training step uses for a batch.
+
+    Protocol ``mmp`` means one thing for every method: each available modality is
+    dropped with p = 0.5 anew at every step, at least one kept (``mmp_mask``).
+    A model whose own training mask is that draw (``masks_modalities_in_training``,
+    MMP) is not masked twice. Then the model's own hook runs.
+    """
+    if protocol is not None and protocol.kind == "mmp" and not model.masks_modalities_in_training:
+        available = mmp_mask(available, MMP_PROTOCOL_DROP, generator)
+    return model.training_availability(available, generator)
+
+
 def fit(
     model: MissingModalityClassifier,
     train_patches: dict[str, np.ndarray],
@@ -181,11 +210,28 @@ def fit(
     training: Any,
     seed: int,
     progress: bool = True,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    protocol: Protocol | None = None,
 ) -> list[dict[str, float]]:
-    """Train every stage of ``model`` in place; keeps the best validation state of each stage."""
+    """Train every stage of ``model`` in place, on ``device`` (default: the GPU when there is one).
+
+    Each stage runs its whole learning-rate schedule (warm-up, then linear decay
+    to 0). ``training.selection`` says which weights a stage keeps: ``last`` (the
+    default: the end of the annealed schedule) or ``best`` (best validation OA,
+    stopping after ``training.patience`` epochs without progress). Gradients are
+    clipped to norm ``training.grad_clip``. Shuffling and masking draw from a CPU
+    generator seeded with ``seed``, so one seed gives the same batches on any
+    device, and the same weights on one device (CUDA runs deterministic kernels).
+    """
+    device = torch.device(device) if device is not None else pick_device()
+    dtype = autocast_dtype(device, precision)
+    model.to(device)
     defaults = model.optimizer_defaults
     lr = training.lr if training.lr is not None else defaults.lr
     wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
+    selection = getattr(training, "selection", "last")
+    clip = getattr(training, "grad_clip", None)
     batch_size = training.batch_size
     generator = torch.Generator().manual_seed(seed)
     n = train_avail.shape[0]
@@ -193,49 +239,56 @@ def fit(
     targets_t = torch.from_numpy(train_targets.astype(np.int64))
     tensors = {m: torch.from_numpy(v) for m, v in train_patches.items()}
     avail_t = torch.from_numpy(train_avail)
-    for stage in model.stages():
-        params = model.configure_stage(stage)
-        if not params:
-            continue
-        steps_per_epoch = math.ceil(n / batch_size)
-        total = training.epochs * steps_per_epoch
-        if training.max_steps is not None:
-            total = min(total, training.max_steps)
-        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
-        best_oa, best_state, stale, step = -1.0, None, 0, 0
-        bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
-        for epoch in range(training.epochs):
-            model.train()
-            order = torch.randperm(n, generator=generator)
-            losses = []
-            for start in range(0, n, batch_size):
-                if step >= total:
+    with deterministic_cuda(device):
+        for stage in model.stages():
+            params = model.configure_stage(stage)
+            if not params:
+                continue
+            steps_per_epoch = math.ceil(n / batch_size)
+            total = training.epochs * steps_per_epoch
+            if training.max_steps is not None:
+                total = min(total, training.max_steps)
+            # AdamW (decoupled weight decay), a deliberate choice over the papers' Adam: see docs/accuracy.md.
+            optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
+            best_oa, best_state, stale, step = -1.0, None, 0, 0
+            bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
+            for epoch in range(training.epochs):
+                model.train()
+                order = torch.randperm(n, generator=generator)
+                losses = []
+                for start in range(0, n, batch_size):
+                    if step >= total:
+                        break
+                    idx = order[start : start + batch_size]
+                    inputs = {m: t[idx].to(device, non_blocking=True) for m, t in tensors.items()}
+                    avail = step_availability(model, protocol, avail_t[idx], generator).to(device)
+                    with autocast(device, dtype):
+                        parts = model.training_loss(inputs, avail, targets_t[idx].to(device), stage)
+                    optimiser.zero_grad(set_to_none=True)
+                    parts["loss"].float().backward()
+                    if clip:
+                        torch.nn.utils.clip_grad_norm_(params, clip)
+                    optimiser.step()
+                    schedule.step()
+                    step += 1
+                    losses.append(float(parts["loss"].detach()))
+                    bar.update(1)
+                probs = predict(model, val_patches, val_avail, device=device, precision=precision)
+                val_oa = float((probs.argmax(1) == val_targets).mean()) if len(val_targets) else float("nan")
+                history.append({"stage": stage, "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": schedule.get_last_lr()[0]})
+                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
+                if selection == "best":
+                    if not len(val_targets) or val_oa > best_oa:
+                        best_oa, stale = val_oa, 0
+                        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    else:
+                        stale += 1
+                if step >= total or (selection == "best" and stale >= training.patience):
                     break
-                idx = order[start : start + batch_size]
-                inputs = {m: t[idx] for m, t in tensors.items()}
-                avail = model.training_availability(avail_t[idx], generator)
-                parts = model.training_loss(inputs, avail, targets_t[idx], stage)
-                optimiser.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                optimiser.step()
-                schedule.step()
-                step += 1
-                losses.append(float(parts["loss"].detach()))
-                bar.update(1)
-            probs = predict(model, val_patches, val_avail)
-            val_oa = float((probs.argmax(1) == val_targets).mean()) if len(val_targets) else float("nan")
-            history.append({"stage": stage, "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": schedule.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
-            if not len(val_targets) or val_oa > best_oa:
-                best_oa, best_state, stale = val_oa, copy.deepcopy(model.state_dict()), 0
-            else:
-                stale += 1
-            if stale >= training.patience or step >= total:
-                break
-        bar.close()
-        if best_state is not None:
-            model.load_state_dict(best_state)
+            bar.close()
+            if best_state is not None:
+                model.load_state_dict(best_state)
     return history
 
 
@@ -304,8 +357,14 @@ def train(
 
     torch.manual_seed(seed)
     model = build_catalog_model(config, catalog.path)
+    init_from_pretrained(model)
     log.info("training %s on %d pixels (%d validation), %d classes", config.method, len(split.train_rows), len(split.val_rows), config.num_classes)
-    history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress)
+    dense = trains_dense(catalog.model.inference, model)
+    if dense:  # crops around the training pixels, masked cross-entropy (pipeline.learn.dense_training)
+        history = fit_dense(model, ds, stats, split, catalog.training, protocol, seed, progress, catalog.model.precision)
+    else:
+        history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress,
+                      precision=catalog.model.precision, protocol=protocol)
 
     metadata = {
         "normalisation": stats.to_dict(),
@@ -320,6 +379,7 @@ def train(
         "val_pixels": int(len(split.val_rows)),
         "best_val_oa": max((h["val_oa"] for h in history), default=float("nan")),
         "split_file": "split.npz",
+        "training_path": "dense" if dense else "patch",
         **(extra_metadata or {}),
     }
     # The checkpoint folder, with the run's records, appears complete or not at all.

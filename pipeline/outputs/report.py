@@ -85,7 +85,9 @@ def build_report(
     Args:
         map_ds: the map store (``class``, ``pattern`` and attrs as in :mod:`pipeline.data.store`).
         timings: seconds per stage.
-        accuracy: a :func:`pipeline.learn.metrics.classification_summary` on held-out pixels, or None.
+        accuracy: a :func:`pipeline.learn.metrics.classification_summary` on held-out pixels, or None;
+            with ``patterns`` and ``footprints``: OA/AA/kappa per availability pattern and per footprint
+            of the catalog's clouds and failures (``pipeline.run.held_out_accuracy``).
         availability_note: human-readable lines on what was missing and why.
         versions: software versions; collected from the installed distributions when None.
         outputs: name -> path of every file written.
@@ -406,8 +408,7 @@ def format_summary(report: dict) -> str:
         lines.append(f"  {entry['name'][:22]:<22}{entry['pixels']:>10,}")
     if accuracy:
         lines.append("")
-        lines.append(f"accuracy on {accuracy.get('n', 0):,} held-out px: OA {_pct(accuracy.get('oa'))}  "
-                     f"AA {_pct(accuracy.get('aa'))}  kappa {_fmt(accuracy.get('kappa'))}")
+        lines.extend(accuracy_lines(accuracy))
     if report.get("availability_note"):
         lines.append("")
         lines.extend(f"note: {note}" for note in report["availability_note"])
@@ -421,6 +422,17 @@ def format_summary(report: dict) -> str:
         width = max(len(name) for name in report["outputs"]) + 2
         lines.extend(f"{name:<{width}}{target}" for name, target in report["outputs"].items())
     return "\n".join(lines)
+
+
+def accuracy_lines(accuracy: dict) -> list[str]:
+    """Held-out accuracy: overall, then per availability pattern and per footprint of the clouds and failures."""
+    lines = [f"accuracy on {accuracy.get('n', 0):,} held-out px: OA {_pct(accuracy.get('oa'))}  "
+             f"AA {_pct(accuracy.get('aa'))}  kappa {_fmt(accuracy.get('kappa'))}"]
+    for kind, title in (("patterns", "by availability"), ("footprints", "by footprint")):
+        for group, values in (accuracy.get(kind) or {}).items():
+            lines.append(f"  {title + ':':<17}{group[:30]:<31}OA {_pct(values.get('oa')):>7}  AA {_pct(values.get('aa')):>7}  "
+                         f"kappa {_fmt(values.get('kappa'))}  ({values.get('n', 0):,} px)")
+    return lines
 
 
 def _pct(value: float | None) -> str:

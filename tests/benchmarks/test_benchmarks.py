@@ -119,3 +119,21 @@ def test_patch_throughput_counts_flops_and_compares_with_the_matmul_peak() -> No
     row = patch_throughput("cpu", preset="tiny", patch_size=3, batch=16, steps=1, matmul_size=256)
     assert row["px_per_s"] > 0 and row["gflop_per_pixel"] > 0.001
     assert 0 < row["fraction_of_matmul_peak"] and row["matmul_peak_tflops"] > 0
+
+
+@pytest.mark.slow
+def test_dense_benchmark_compares_the_paths_on_one_model(demo_catalog) -> None:
+    from benchmarks.dense import compare, vit_b16
+    from pipeline.data.ingest import ingest_scene
+
+    store = ingest_scene(demo_catalog, demo_catalog.scenes[0])
+    row = compare(store, "tiny", 3, "float32", (4, 8), (16,), naive=True, repeats=1)
+    assert row["precision"] == "float32" and row["dense"]["halo"] == 19
+    assert set(row["patch"]["px_per_s_by_batch"]) == {"64", "256", "1024"}
+    assert row["dense_vs_patch"] == pytest.approx(row["dense"]["px_per_s"] / row["patch"]["px_per_s"], rel=0.01)
+    naive = row["naive_materialised"]
+    assert naive["pixels"] == 32 and naive["patch_bytes"] == 32 * (63 + 2) * 3 * 3 * 4  # every patch held at once
+    assert row["gflop_per_pixel"]["dense"] > 0 and row["gflop_per_pixel"]["patch"] > 0
+    big = vit_b16(store, "float32", 3, 16, 1, preset="tiny", matmul_size=512)
+    assert 0 < big["dense"]["fraction_of_matmul_peak"] < 1 and 0 < big["patch"]["fraction_of_matmul_peak"] < 1
+    assert big["scene"]["tiles"] == 4 * 10  # the 64 x 160 test scene in tiles of 16

@@ -21,8 +21,9 @@ SECTIONS = {
     "Catalog": "Top level", "Scene": "`scenes[]`", "Modality": "`scenes[].modalities[]`",
     "Source": "`source`", "Georeference": "`georeference`", "Grid": "`scenes[].grid`",
     "Availability": "`scenes[].availability`", "CloudMask": "`clouds[]`", "SensorFailure": "`failures[]`",
-    "Labels": "`scenes[].labels`", "ClassInfo": "`classes[]`", "Model": "`model`", "Training": "`training`",
-    "Protocol": "`training.protocol`", "Output": "`output`", "Cluster": "`cluster`", "Storage": "`storage`",
+    "Labels": "`scenes[].labels`", "ClassInfo": "`classes[]`", "Model": "`model`", "Pretrain": "`model.pretrain`",
+    "Training": "`training`", "Protocol": "`training.protocol`", "Output": "`output`", "Cluster": "`cluster`",
+    "Storage": "`storage`",
 }
 
 

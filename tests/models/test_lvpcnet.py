@@ -98,12 +98,22 @@ def test_catalog_descriptions_reach_the_features():
         ["a hyperspectral image of woods, showing its colour and material"],
         ["a LiDAR elevation model of woods: crowns 10 to 20 m high"],
     ]
-    plain = build_model(lvpc_config()).text_specific
+    plain = build_model(lvpc_config(untrained_text="encoder")).text_specific
     described = [{} for _ in CLASSES]
     described[3] = {"lidar": "tall irregular crowns 10 to 20 m high"}
-    other = build_model(lvpc_config(descriptions=described)).text_specific
+    other = build_model(lvpc_config(descriptions=described, untrained_text="encoder")).text_specific
     assert torch.equal(plain[0], other[0])  # HS sentences unchanged
     assert torch.equal(plain[1, :3], other[1, :3]) and not torch.allclose(plain[1, 3], other[1, 3])
+
+
+def test_without_text_weights_class_features_are_orthonormal_codes():
+    model = build_model(lvpc_config())
+    for table in (model.text_shared, *model.text_specific):
+        gram = table @ table.T
+        assert torch.allclose(gram, torch.eye(len(CLASSES)), atol=1e-5)
+    random_tower = build_model(lvpc_config(untrained_text="encoder")).text_shared
+    off_diagonal = (random_tower @ random_tower.T)[~torch.eye(len(CLASSES), dtype=torch.bool)]
+    assert off_diagonal.min() > 0.5  # why codes: a random tower maps every class to nearly one direction
 
 
 def test_compensation_is_used_exactly_where_a_modality_is_missing(model):

@@ -142,3 +142,13 @@ def test_mmp_needs_two_modalities():
 
     with pytest.raises(ValueError, match="two or more"):
         build_model(ModelConfig(method="mmp", modalities=["hs"], bands=[4], num_classes=3, patch_size=3))
+
+
+
+def test_mask_leaves_samples_a_protocol_made_incomplete_alone(make_config):
+    model = build_model(make_config("mmp"))
+    available = torch.tensor([[True, True], [True, False], [False, True]]).repeat(400, 1)
+    masked = model.training_availability(available, torch.Generator().manual_seed(0))
+    incomplete = ~available.all(dim=1)
+    assert torch.equal(masked[incomplete], available[incomplete])  # no second drop on the protocol's
+    assert not masked[~incomplete].all()  # complete samples are still masked

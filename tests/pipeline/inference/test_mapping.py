@@ -76,6 +76,7 @@ def test_run_writes_georeferenced_outputs(reference: tuple[Path, list]) -> None:
     # 'auto' is bf16 only where this CPU has bf16 units; every tile says what it ran.
     expected = "bfloat16" if cpu_has_native_bf16() else "float32"
     assert mapping["precision"] == {"catalog": "auto", "tiles": {expected: 10}}
+    assert mapping["inference"] == {"catalog": "auto", "path": "dense"}  # MaMOL has the dense path
 
 
 def test_precision_auto_follows_the_hardware(caplog: pytest.LogCaptureFixture) -> None:
@@ -96,6 +97,7 @@ def test_run_writes_the_web_map_and_lists_it(reference: tuple[Path, list]) -> No
 
 
 def test_same_map_whatever_the_tile_size_and_worker_count(trained_demo, reference, tmp_path: Path) -> None:
+    # the reference ran the dense path (model.inference auto): halo = the receptive radius
     ref_out, _ = reference
     expected = _class_map(ref_out)
     for tile, workers in ((16, 2), (64, 1)):
@@ -103,6 +105,18 @@ def test_same_map_whatever_the_tile_size_and_worker_count(trained_demo, referenc
         run(_catalog(trained_demo, out), workers=workers, tile_size=tile, progress=False)
         got = _class_map(out)
         assert np.array_equal(got, expected), f"tile {tile}, {workers} workers: {(got != expected).sum()} pixels differ"
+
+
+def test_patch_path_map_is_the_same_whatever_the_tile_size_and_worker_count(trained_demo, reference, tmp_path: Path) -> None:
+    maps = {}
+    for tile, workers in ((32, 1), (16, 2)):
+        out = tmp_path / f"t{tile}w{workers}"
+        runs = run(_catalog(trained_demo, out, inference="patch"), workers=workers, tile_size=tile, progress=False)
+        assert runs[0].report["mapping"]["inference"] == {"catalog": "patch", "path": "patch"}
+        maps[tile] = _class_map(out)
+    assert np.array_equal(maps[16], maps[32]), f"{(maps[16] != maps[32]).sum()} pixels differ"
+    # both paths leave exactly the pixels without any modality as nodata
+    assert np.array_equal(_class_map(reference[0]) == 0, maps[32] == 0)
 
 
 def _free_port() -> int:

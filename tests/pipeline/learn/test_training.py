@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from models import load_checkpoint
@@ -64,3 +65,55 @@ def test_command_line_reports_a_bad_catalog(tmp_path, capsys) -> None:
     assert main([str(bad)]) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and "modle" in err
+
+
+def _tiny_problem(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Two modalities, 3 classes separable by the mean of the first band: 96 patches of 3 x 3."""
+    rng = np.random.default_rng(seed)
+    targets = np.arange(96) % 3
+    hs = rng.normal(size=(96, 4, 3, 3)).astype(np.float32) + targets[:, None, None, None].astype(np.float32)
+    lidar = rng.normal(size=(96, 2, 3, 3)).astype(np.float32)
+    return {"hs": hs, "lidar": lidar}, np.ones((96, 2), dtype=bool), targets
+
+
+def _fit_tiny(device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    from models import ModelConfig, build_model
+    from pipeline.config.catalog import Training
+    from pipeline.learn.training import fit
+
+    patches, avail, targets = _tiny_problem()
+    config = ModelConfig(method="baseline", modalities=["hs", "lidar"], bands=[4, 2], num_classes=3, patch_size=3)
+    torch.manual_seed(seed)
+    model = build_model(config)
+    training = Training(epochs=2, batch_size=32)
+    fit(model, patches, avail, targets, patches, avail, targets, training, seed, progress=False, device=device)
+    assert all(p.device.type == torch.device(device).type for p in model.parameters())
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"))],
+)
+def test_fit_on_a_device_repeats_its_weights(device: str) -> None:
+    first, second, other_seed = _fit_tiny(device), _fit_tiny(device), _fit_tiny(device, seed=1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other_seed[k]) for k in first)
+
+
+def test_protocol_mmp_masks_every_method_once() -> None:
+    from models import ModelConfig, build_model
+    from pipeline.config.catalog import Protocol
+    from pipeline.learn.training import step_availability
+
+    config = ModelConfig(method="baseline", modalities=["hs", "lidar"], bands=[4, 2], num_classes=3, patch_size=3)
+    complete = torch.ones(4000, 2, dtype=torch.bool)
+    mmp_protocol = Protocol(kind="mmp")
+    for method in ("baseline", "mmp"):
+        model = build_model(ModelConfig(**{**config.to_dict(), "method": method}))
+        drawn = step_availability(model, mmp_protocol, complete, torch.Generator().manual_seed(0))
+        # p = 0.5 per modality, at least one kept: one third of the samples each complete, HS only, LiDAR only
+        assert drawn.any(dim=1).all()
+        assert abs(drawn.all(dim=1).float().mean().item() - 1 / 3) < 0.03, method
+    baseline = build_model(config)
+    assert torch.equal(step_availability(baseline, Protocol(kind="eta"), complete, torch.Generator()), complete)

@@ -1,0 +1,148 @@
+"""The dense path's window geometry: one token per pixel per modality, attention inside W x W windows.
+
+A method that supports it (``supports_dense``: the baseline and MaMOL) offers,
+beside the patch forward::
+
+    logits   = model.forward_dense(inputs, available, origin)      # (B, K, H, W)
+    features = model.dense_features(inputs, available, origin)     # (B, M, width, H, W), before the head
+    canvas   = plan_canvas(origin, B, H, W, model.window_size)    # where the crops sit on the window grid
+    tokens   = model.projection.dense(inputs, available, canvas)   # (B, H', W', M, width), the token embedding
+    radius   = model.receptive_radius                               # the halo a tile needs (pixels)
+
+Args of ``forward_dense`` / ``dense_features``:
+    inputs: modality name -> float (B, C_m, H, W), normalised; H and W are arbitrary.
+    available: bool (B, M, H, W), per pixel; a missing pixel's values are never
+        read (NaN there is harmless): its token is the zero (or dummy) token.
+    origin: long (B, 2), the scene (row, col) of each crop's top-left pixel, or
+        None for (0, 0). Windows are anchored to the *scene* grid through it, so
+        a pixel's logits do not depend on where a crop or tile starts.
+
+Geometry (all in pixels). Let ``W = window_size`` (even) and ``s = W // 2``.
+Blocks ``0, 2, 4, ...`` attend within windows whose scene rows/cols start at
+multiples of ``W``; blocks ``1, 3, ...`` within windows shifted by ``s`` (Swin,
+ViTDet): the open_clip blocks and their weights are untouched, only the
+sequences they see are windows, ``(B * windows, W * W * M, width)``, every
+modality's tokens of a window attending to each other. Each crop is placed
+on a zero *canvas* whose top-left lies on the scene's window grid and which
+leaves at least ``s`` pixels of padding on every side; padding pixels are
+"nothing available" (the same as outside the scene), so no attention mask is
+needed. In a shifted block the ``s``-wide canvas border is padding and stays
+as it is.
+
+The token of pixel (r, c) of modality i is ``band_map_i(x) + modality_i +
+window_position[(r mod W) * W + c mod W]`` (scene coordinates), or the missing
+token. A pixel's logits are the head applied to its M output tokens,
+concatenated (the patch path's head, same weights).
+
+Pretraining trains exactly the token embedding (``projection.band_maps``,
+``projection.modality``, ``projection.window_position``, the missing token)
+and the backbone blocks through ``dense_features``; the head is the
+classifier's. This API is stable.
+
+Receptive radius: a pixel's logits depend only on inputs at most
+``receptive_radius(depth, W)`` pixels away (Chebyshev distance), computed
+exactly from the window grid (about ``depth * s + s``). A tile read with that
+halo gives the same logits as the whole scene, bit for bit. Pixels closer
+than the radius to a crop's edge see the canvas padding ("nothing available")
+in place of the scene beyond the crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def check_window_size(window: int) -> int:
+    """``window`` if it is an even number >= 2 (shifted windows move by half of it), else ValueError."""
+    if window < 2 or window % 2:
+        raise ValueError(f"window_size must be an even number of pixels >= 2, got {window}")
+    return window
+
+
+def block_shift(index: int, window: int) -> int:
+    """Offset (pixels) of block ``index``'s windows from the scene grid: 0 for even blocks, W/2 for odd ones."""
+    return window // 2 if index % 2 else 0
+
+
+def receptive_radius(depth: int, window: int) -> int:
+    """Farthest input pixel (per axis) that can change a pixel's output after ``depth`` windowed blocks.
+
+    Exact for the alternating grid: walks back from each position inside a
+    window, growing the dependency interval to whole windows block by block.
+    """
+    worst = 0
+    for p in range(window):
+        lo = hi = p
+        for index in reversed(range(depth)):
+            o = block_shift(index, window)
+            lo = (lo - o) // window * window + o
+            hi = (hi - o) // window * window + o + window - 1
+        worst = max(worst, p - lo, hi - p)
+    return worst
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Where each crop sits on the window-aligned canvas: ``top``/``left`` (B,) offsets, canvas size."""
+
+    top: list[int]
+    left: list[int]
+    height: int
+    width: int
+    crop_height: int
+    crop_width: int
+
+
+def plan_canvas(origin: Tensor | None, batch: int, height: int, width: int, window: int) -> Canvas:
+    """The canvas for ``batch`` crops of (height, width) starting at scene ``origin`` (B, 2)."""
+    s = window // 2
+    if origin is None:
+        rows, cols = [0] * batch, [0] * batch
+    else:
+        if origin.shape != (batch, 2):
+            raise ValueError(f"origin must be a (B, 2) tensor of scene (row, col), got {tuple(origin.shape)}")
+        rows, cols = (origin[:, 0].tolist(), origin[:, 1].tolist())
+    # top-left of the canvas on the scene grid: a multiple of W at least s before the crop
+    top = [int(r) - ((int(r) - s) // window * window) for r in rows]
+    left = [int(c) - ((int(c) - s) // window * window) for c in cols]
+    canvas_h = max(-(-(t + height + s) // window) * window for t in top)
+    canvas_w = max(-(-(lf + width + s) // window) * window for lf in left)
+    return Canvas(top, left, canvas_h, canvas_w, height, width)
+
+
+def place(x: Tensor, canvas: Canvas, fill: float | bool = 0) -> Tensor:
+    """(B, C, H, W) crops onto a (B, C, canvas H, canvas W) canvas filled with ``fill``."""
+    out = x.new_full((x.shape[0], x.shape[1], canvas.height, canvas.width), fill)
+    for b, (t, lf) in enumerate(zip(canvas.top, canvas.left)):
+        out[b, :, t : t + canvas.crop_height, lf : lf + canvas.crop_width] = x[b]
+    return out
+
+
+def crop(x: Tensor, canvas: Canvas) -> Tensor:
+    """The crops (B, H, W, ...) back out of a canvas-shaped (B, canvas H, canvas W, ...) tensor."""
+    h, w = canvas.crop_height, canvas.crop_width
+    return torch.stack([x[b, t : t + h, lf : lf + w] for b, (t, lf) in enumerate(zip(canvas.top, canvas.left))])
+
+
+def partition(x: Tensor, window: int) -> Tensor:
+    """(B, H, W, M, C) with H, W multiples of ``window`` -> (B * windows, window * window * M, C) sequences."""
+    b, h, w, m, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, m, c).permute(0, 1, 3, 2, 4, 5, 6)
+    return x.reshape(b * (h // window) * (w // window), window * window * m, c)
+
+
+def merge(seq: Tensor, batch: int, height: int, width: int, window: int) -> Tensor:
+    """Inverse of :func:`partition`: (B * windows, window * window * M, C) -> (B, H, W, M, C)."""
+    c = seq.shape[-1]
+    nh, nw = height // window, width // window
+    m = seq.shape[1] // (window * window)
+    x = seq.view(batch, nh, nw, window, window, m, c).permute(0, 1, 3, 2, 4, 5, 6)
+    return x.reshape(batch, height, width, m, c)
+
+
+def shifted_region(height: int, width: int, shift: int) -> tuple[slice, slice]:
+    """The part of a canvas a block with windows offset by ``shift`` covers (the border is padding)."""
+    return slice(shift, height - shift), slice(shift, width - shift)

@@ -1,0 +1,279 @@
+"""Dense training: crops around the training pixels, one dense forward per crop, loss on the labelled pixels only.
+
+The scene, normalised with the training statistics, is held in memory once
+(padded by ``pad`` pixels of "nothing available", as outside the scene).
+Every epoch lays a grid of ``crop_size`` cells over the scene with a random
+offset; each cell holding a training pixel is a crop, and the crops are
+shuffled into batches of ``crops_per_batch``. The loss is the cross-entropy
+over the training pixels inside the crops (masked cross-entropy, FreeNet's
+GS^2 sampling); validation and test labels never enter a loss.
+
+Missing-modality protocols become spatially coherent masks: each crop is cut
+into ``blobs`` regions, isotropic (like clouds) or parallel strips (like a
+flight line never flown), and each region takes one availability pattern
+drawn by the protocol (``pipeline.learn.protocols``) for the whole epoch at
+once, so the pattern fractions over an epoch are the protocol row's. The
+scene's real availability is ANDed in; a pixel left with nothing keeps its
+real availability (as the patch path does per sample).
+
+Validation classifies the validation pixels as mapping does (tiles with a
+halo of the model's receptive radius, on the scene's real availability),
+every ``val_every`` epochs and after the last; the weights kept are the
+last ones (``training.selection: best`` is the patch path's).
+Same seed, same weights (CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from models.base import MissingModalityClassifier
+from models.masking import mmp_mask
+from pipeline.config.catalog import Protocol
+from pipeline.data.patches import NormStats, Window, normalise_window, pixel_windows, read_window
+from pipeline.devices import autocast, autocast_dtype, pick_device
+from pipeline.learn.protocols import protocol_availability
+
+MMP_DROP = 0.5
+
+
+def trains_dense(requested_inference: str, model: MissingModalityClassifier) -> bool:
+    """Whether ``train`` trains densely: the model has the dense path and catalog ``model.inference`` is not ``patch``."""
+    return requested_inference != "patch" and model.supports_dense
+
+
+@dataclass(frozen=True)
+class DenseTrainingSettings:
+    """Crop geometry of dense training (pixels).
+
+    Args:
+        crop_size: side of a training crop; a multiple of the model's window size.
+        crops_per_batch: crops per optimiser step.
+        blobs: regions per crop in the simulated missing-modality masks.
+        strip_fraction: share of crops whose regions are parallel strips rather than blobs.
+        val_tile: tile side used to classify validation pixels.
+        val_every: validate after the first epoch, every this many, and after the last (a validation pass
+            classifies tiles around every validation pixel: on a sparse split, most of the scene).
+    """
+
+    crop_size: int = 32
+    crops_per_batch: int = 8
+    blobs: int = 8
+    strip_fraction: float = 0.5
+    val_tile: int = 128
+    val_every: int = 5
+
+
+@dataclass
+class SceneArrays:
+    """A scene normalised in memory: values (C, H + 2 pad, W + 2 pad) per modality and availability (M, ...)."""
+
+    values: dict[str, np.ndarray]
+    available: np.ndarray
+    pad: int
+    height: int
+    width: int
+
+    @classmethod
+    def read(cls, ds: xr.Dataset, modalities: list[str], stats: NormStats, pad: int) -> SceneArrays:
+        height, width = ds.sizes["y"], ds.sizes["x"]
+        data = read_window(ds, modalities, Window(0, 0, height, width), pad)
+        return cls(normalise_window(data, modalities, stats), data.available, pad, height, width)
+
+    def crops(self, rows: np.ndarray, cols: np.ndarray, size: int) -> tuple[dict[str, Tensor], Tensor]:
+        """Crops (B, C, size, size) and availability (B, M, size, size) with top-left scene pixels ``rows``/``cols``."""
+        p = self.pad
+        values = {m: torch.from_numpy(np.stack([v[:, r + p : r + p + size, c + p : c + p + size] for r, c in zip(rows, cols)]))
+                  for m, v in self.values.items()}
+        avail = np.stack([self.available[:, r + p : r + p + size, c + p : c + p + size] for r, c in zip(rows, cols)])
+        return values, torch.from_numpy(avail)
+
+
+def label_raster(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(H, W) int64 class indices at the given pixels, -1 (ignored by the loss) elsewhere."""
+    raster = np.full(shape, -1, dtype=np.int64)
+    raster[rows, cols] = targets
+    return raster
+
+
+def epoch_crops(rows: np.ndarray, cols: np.ndarray, size: int, rng: np.random.Generator, step: int = 1) -> np.ndarray:
+    """Top-left scene pixels (N, 2) of the cells, on a grid of ``size`` with a random offset, that hold a training pixel.
+
+    The offset is a multiple of ``step`` (the model's window: crops on the window grid need the least canvas padding).
+    """
+    offset = rng.integers(0, size // step, 2) * step
+    cells = np.unique(np.stack([(rows + offset[0]) // size, (cols + offset[1]) // size], axis=1), axis=0)
+    corners = cells * size - offset
+    return corners[rng.permutation(len(corners))]
+
+
+def region_patterns(protocol: Protocol, count: int, modalities: list[str], seed: int, generator: torch.Generator) -> np.ndarray:
+    """One availability pattern per region (count, M), with the protocol's fractions over the ``count`` regions."""
+    if protocol.kind == "mmp":
+        return mmp_mask(torch.ones(count, len(modalities), dtype=torch.bool), MMP_DROP, generator).numpy()
+    return protocol_availability(protocol, count, modalities, seed)
+
+
+def coherent_masks(patterns: np.ndarray, size: int, strip_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Masks (B, M, size, size): each crop cut into len(patterns[b]) regions, each region one pattern.
+
+    ``patterns`` is (B, R, M). Regions are the Voronoi cells of R random points:
+    isotropic (blobs, like clouds) or, for ``strip_fraction`` of the crops, of
+    the points' projection on a random direction (parallel strips, like flight lines).
+    """
+    batch, regions, _ = patterns.shape
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.empty((batch, patterns.shape[2], size, size), dtype=bool)
+    for b in range(batch):
+        points = rng.uniform(0, size, (regions, 2)).astype(np.float32)
+        if rng.uniform() < strip_fraction:
+            angle = rng.uniform(0, np.pi)
+            direction = np.array([np.cos(angle), np.sin(angle)], dtype=np.float32)
+            along = yy[None] * direction[0] + xx[None] * direction[1]
+            distance = np.abs(along - (points @ direction)[:, None, None])
+        else:
+            distance = (yy[None] - points[:, 0, None, None]) ** 2 + (xx[None] - points[:, 1, None, None]) ** 2
+        nearest = distance.argmin(axis=0)  # (size, size) region index
+        out[b] = patterns[b][nearest].transpose(2, 0, 1)
+    return out
+
+
+def training_availability(real: Tensor, simulated: np.ndarray) -> Tensor:
+    """Real availability ANDed with the simulated masks; a pixel left with nothing keeps its real availability."""
+    combined = real & torch.from_numpy(simulated)
+    empty = ~combined.any(dim=1, keepdim=True)
+    return torch.where(empty, real, combined)
+
+
+@torch.no_grad()
+def predict_dense_at(
+    model: MissingModalityClassifier,
+    scene: SceneArrays,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    tile: int = 64,
+    device: torch.device | None = None,
+    precision: str = "float32",
+) -> np.ndarray:
+    """Class probabilities (N, K) at scene pixels, each tile classified with a halo of the receptive radius."""
+    device = device or next(model.parameters()).device
+    dtype = autocast_dtype(device, precision)
+    halo = int(model.receptive_radius)  # type: ignore[attr-defined]
+    if halo > scene.pad:
+        raise ValueError(f"the scene arrays are padded by {scene.pad} px, less than the receptive radius {halo}")
+    model.eval()
+    out = np.zeros((len(rows), model.config.num_classes), dtype=np.float32)
+    for window, idx in pixel_windows(np.asarray(rows), np.asarray(cols), (scene.height, scene.width), tile):
+        size_r, size_c = window.height + 2 * halo, window.width + 2 * halo
+        r0, c0 = window.row - halo + scene.pad, window.col - halo + scene.pad
+        inputs = {m: torch.from_numpy(v[None, :, r0 : r0 + size_r, c0 : c0 + size_c]).to(device) for m, v in scene.values.items()}
+        avail = torch.from_numpy(scene.available[None, :, r0 : r0 + size_r, c0 : c0 + size_c]).to(device)
+        origin = torch.tensor([[window.row - halo, window.col - halo]])
+        with autocast(device, dtype):
+            logits = model.forward_dense(inputs, avail, origin)[0]
+        r = torch.from_numpy(rows[idx] - window.row + halo)
+        c = torch.from_numpy(cols[idx] - window.col + halo)
+        out[idx] = torch.softmax(logits[:, r, c].float().T, dim=-1).cpu().numpy()
+    return out
+
+
+def fit_dense(
+    model: MissingModalityClassifier,
+    ds: xr.Dataset,
+    stats: NormStats,
+    split: Any,
+    training: Any,
+    protocol: Protocol,
+    seed: int,
+    progress: bool = True,
+    precision: str = "auto",
+    settings: DenseTrainingSettings | None = None,
+) -> list[dict[str, float]]:
+    """Train every stage of ``model`` in place on crops of ``ds`` around ``split``'s training pixels.
+
+    ``training`` is the catalog's training section (epochs, lr, weight decay,
+    warm-up, max_steps, grad_clip); ``split`` holds train/val rows, cols and
+    targets (class indices). Returns one history row per epoch.
+    """
+    from pipeline.learn.training import linear_warmup_decay
+
+    settings = settings or DenseTrainingSettings()
+    window = int(getattr(model, "window_size", 0) or 0)
+    if not model.supports_dense or settings.crop_size % window:
+        raise ValueError(f"dense training needs a dense model and a crop size that is a multiple of its window ({window})")
+    device = pick_device()
+    dtype = autocast_dtype(device, precision)
+    model.to(device)
+    modalities = model.config.modalities
+    size = settings.crop_size
+    scene = SceneArrays.read(ds, modalities, stats, pad=max(size, int(model.receptive_radius)))  # type: ignore[attr-defined]
+    labels = label_raster((scene.height, scene.width), split.train_rows, split.train_cols, split.train_targets)
+    labels = np.pad(labels, scene.pad, constant_values=-1)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    defaults = model.optimizer_defaults
+    lr = training.lr if training.lr is not None else defaults.lr
+    wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
+    clip = getattr(training, "grad_clip", None)
+    crops_per_epoch = len(epoch_crops(split.train_rows, split.train_cols, size, np.random.default_rng(seed), window))
+    history: list[dict[str, float]] = []
+    for stage in model.stages():
+        params = model.configure_stage(stage)
+        if not params:
+            continue
+        total = training.epochs * math.ceil(crops_per_epoch / settings.crops_per_batch)
+        if training.max_steps is not None:
+            total = min(total, training.max_steps)
+        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
+        step = 0
+        bar = tqdm(total=total, desc=f"train {model.config.method}/{stage} (dense)", disable=not progress, leave=False)
+        for epoch in range(training.epochs):
+            model.train()
+            corners = epoch_crops(split.train_rows, split.train_cols, size, rng, window)
+            patterns = region_patterns(protocol, len(corners) * settings.blobs, modalities, seed * 100003 + epoch, generator)
+            patterns = patterns.reshape(len(corners), settings.blobs, len(modalities))
+            losses = []
+            for start in range(0, len(corners), settings.crops_per_batch):
+                if step >= total:
+                    break
+                batch = corners[start : start + settings.crops_per_batch]
+                inputs, real = scene.crops(batch[:, 0], batch[:, 1], size)
+                masks = coherent_masks(patterns[start : start + len(batch)], size, settings.strip_fraction, rng)
+                avail = training_availability(real, masks)
+                p = scene.pad
+                targets = torch.from_numpy(np.stack([labels[r + p : r + p + size, c + p : c + p + size] for r, c in batch]))
+                origin = torch.from_numpy(batch.astype(np.int64))
+                with autocast(device, dtype):
+                    logits = model.forward_dense({m: v.to(device) for m, v in inputs.items()}, avail.to(device), origin)
+                loss = torch.nn.functional.cross_entropy(logits.float(), targets.to(device), ignore_index=-1)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                optimiser.step()
+                schedule.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                bar.update(1)
+            val_oa = float("nan")
+            last = step >= total or epoch + 1 == training.epochs
+            if len(split.val_targets) and (epoch == 0 or last or (epoch + 1) % settings.val_every == 0):
+                probs = predict_dense_at(model, scene, split.val_rows, split.val_cols, settings.val_tile, device, precision)
+                val_oa = float((probs.argmax(1) == split.val_targets).mean())
+            history.append({"stage": stage, "epoch": epoch + 1, "step": step,
+                            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                            "val_oa": val_oa, "lr": schedule.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
+            if step >= total:
+                break
+        bar.close()
+    return history

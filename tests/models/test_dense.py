@@ -1,0 +1,179 @@
+"""The dense path: windowed attention over pixel tokens, anchored to the scene grid (models.dense)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import build_model
+from models.base import MissingModalityClassifier
+from models.classifier import PatchTransformerClassifier
+from models.dense import receptive_radius
+
+DENSE_METHODS = ["baseline", "mamol"]
+
+
+def _model(make_config, method: str, **params) -> PatchTransformerClassifier:
+    torch.manual_seed(0)
+    model = build_model(make_config(method, **params)).eval()
+    assert isinstance(model, PatchTransformerClassifier)
+    return model
+
+
+def _crop(model: MissingModalityClassifier, height: int, width: int, seed: int = 0, batch: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    inputs = {m: torch.randn(batch, c, height, width, generator=g) for m, c in zip(cfg.modalities, cfg.bands)}
+    available = torch.rand(batch, len(cfg.modalities), height, width, generator=g) > 0.3
+    return inputs, available
+
+
+def _reference_features(model: PatchTransformerClassifier, inputs, available, origin: tuple[int, int]) -> torch.Tensor:
+    """Per-pixel features by explicit loops over scene-grid windows, block by block (no canvas, no partition)."""
+    w = model.window_size
+    assert w is not None
+    proj = model.projection
+    _, m_count, height, width = available.shape
+    margin = model.receptive_radius + w  # beyond the radius nothing reaches the compared pixels
+    r0 = (origin[0] - margin) // w * w
+    c0 = (origin[1] - margin) // w * w
+    rows = -(-(origin[0] + height + margin - r0) // w) * w
+    cols = -(-(origin[1] + width + margin - c0) // w) * w
+    tokens = torch.zeros(rows, cols, m_count, model.backbone.width)
+    avail = torch.zeros(rows, cols, m_count, dtype=torch.bool)
+    top, left = origin[0] - r0, origin[1] - c0
+    scene_r = torch.arange(height).view(-1, 1) + origin[0]
+    scene_c = torch.arange(width).view(1, -1) + origin[1]
+    position = proj.window_position[(scene_r % w) * w + scene_c % w]  # (H, W, width)
+    for i, name in enumerate(proj.modalities):
+        token = proj.band_maps[name](inputs[name][0].permute(1, 2, 0)) + proj.modality[i] + position
+        here = available[0, i]
+        tokens[top : top + height, left : left + width, i] = torch.where(here[..., None], token, 0.0)
+        avail[top : top + height, left : left + width, i] = here
+    state = model.backbone.ln_pre(tokens)
+    for index, block in enumerate(model.backbone.blocks):
+        shift = w // 2 if index % 2 else 0
+        new = state.clone()
+        corners = [(wr, wc) for wr in range(shift, rows - w + 1, w) for wc in range(shift, cols - w + 1, w)]
+        seqs = torch.stack([state[wr : wr + w, wc : wc + w].reshape(-1, state.shape[-1]) for wr, wc in corners])
+        pix = torch.stack([avail[wr : wr + w, wc : wc + w] for wr, wc in corners])  # (windows, w, w, M)
+        token_avail = pix.unsqueeze(3).expand(-1, -1, -1, m_count, -1).reshape(len(corners), -1, m_count)
+        out = model.run_block(index, block, seqs, model.block_context(token_avail))
+        for (wr, wc), window_out in zip(corners, out):
+            new[wr : wr + w, wc : wc + w] = window_out.reshape(w, w, m_count, -1)
+        state = new
+    return model.backbone.ln_post(state[top : top + height, left : left + width]).permute(2, 3, 0, 1).unsqueeze(0)
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_dense_forward_equals_a_per_window_reference(make_config, method: str) -> None:
+    # Pixels at least the receptive radius inside the crop have full context: there the dense
+    # forward must equal explicit per-window loops over the scene grid (crop in an unavailable plane).
+    model = _model(make_config, method, window_size=4)
+    radius = model.receptive_radius
+    height, width = 2 * radius + 5, 2 * radius + 7
+    inputs, available = _crop(model, height, width)
+    origin = (5, 22)  # not on the window grid
+    with torch.no_grad():
+        got = model.dense_features(inputs, available, torch.tensor([origin]))
+        expected = _reference_features(model, inputs, available, origin)
+        logits = model.forward_dense(inputs, available, torch.tensor([origin]))
+    assert got.shape == (1, 2, model.backbone.width, height, width)
+    inner = (..., slice(radius, height - radius), slice(radius, width - radius))
+    torch.testing.assert_close(got[inner], expected[inner], atol=2e-5, rtol=1e-4)
+    head = model.head(got.permute(0, 3, 4, 1, 2).reshape(1, height, width, -1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(logits, head)
+
+
+def test_receptive_radius_is_bounded_by_the_window_grid() -> None:
+    assert receptive_radius(1, 8) == 7  # one unshifted window: its far corner
+    assert receptive_radius(2, 8) == 11  # a shifted block adds half a window
+    assert receptive_radius(4, 8) == 19
+    assert all(receptive_radius(d, 8) <= d * 4 + 4 for d in range(1, 13))
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_a_pixels_logits_ignore_pixels_beyond_the_receptive_radius(make_config, method: str) -> None:
+    model = _model(make_config, method, window_size=4)
+    radius = model.receptive_radius
+    size = 2 * radius + 9
+    inputs, available = _crop(model, size, size, seed=1)
+    centre = size // 2
+    far = torch.ones(size, size, dtype=torch.bool)
+    far[centre - radius : centre + radius + 1, centre - radius : centre + radius + 1] = False
+    changed = {m: torch.where(far, torch.randn_like(v) * 5, v) for m, v in inputs.items()}
+    changed_avail = torch.where(far, ~available, available)
+    origin = torch.tensor([[3, 7]])
+    with torch.no_grad():
+        before = model.forward_dense(inputs, available, origin)[0, :, centre, centre]
+        after = model.forward_dense(changed, changed_avail, origin)[0, :, centre, centre]
+        # a neighbour inside the radius does change it (the test can fail)
+        near = {m: v.clone() for m, v in inputs.items()}
+        near[model.config.modalities[0]][..., centre + 1, centre] += 3.0
+        moved = model.forward_dense(near, available | True, origin)[0, :, centre, centre]
+    assert torch.equal(before, after)
+    assert not torch.equal(before, moved)
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_a_crop_with_a_halo_gives_the_scene_logits_bit_for_bit(make_config, method: str) -> None:
+    model = _model(make_config, method, window_size=4)
+    radius = model.receptive_radius
+    inputs, available = _crop(model, 60, 70, seed=2)
+    with torch.no_grad():
+        whole = model.forward_dense(inputs, available, torch.tensor([[0, 0]]))
+        r0, c0, h, w = 29, 31, 6, 9  # a tile off the window grid
+        sl = (slice(None), slice(None), slice(r0 - radius, r0 + h + radius), slice(c0 - radius, c0 + w + radius))
+        tile = model.forward_dense({m: v[sl] for m, v in inputs.items()}, available[sl], torch.tensor([[r0 - radius, c0 - radius]]))
+    assert torch.equal(tile[..., radius : radius + h, radius : radius + w], whole[..., r0 : r0 + h, c0 : c0 + w])
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_missing_tokens_cannot_leak_nan(make_config, method: str) -> None:
+    model = _model(make_config, method)
+    inputs, available = _crop(model, 16, 16, seed=3, batch=2)
+    available[:, 1, 4:12, 4:12] = False  # a LiDAR gap
+    gap = ~available[:, 1:2]
+    nan = {m: v.clone() for m, v in inputs.items()}
+    zero = {m: v.clone() for m, v in inputs.items()}
+    nan["lidar"] = torch.where(gap, torch.nan, inputs["lidar"])
+    zero["lidar"] = torch.where(gap, 0.0, inputs["lidar"])
+    origin = torch.tensor([[0, 0], [8, 8]])
+    with torch.no_grad():
+        logits = model.forward_dense(nan, available, origin)
+        assert torch.isfinite(logits).all()
+        assert torch.equal(logits, model.forward_dense(zero, available, origin))
+    nan["lidar"].requires_grad_(True)
+    model.forward_dense(nan, available, origin).sum().backward()
+    assert torch.isfinite(nan["lidar"].grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_methods_without_the_mechanism_keep_the_patch_path(make_config) -> None:
+    for method in ("mmp", "lvpcnet"):
+        model = build_model(make_config(method))
+        assert not model.supports_dense
+        inputs, available = _crop(model, 8, 8)
+        with pytest.raises(NotImplementedError, match="dense"):
+            model.forward_dense(inputs, available)
+    for method in DENSE_METHODS:
+        assert build_model(make_config(method)).supports_dense
+
+
+def test_window_size_must_be_even(make_config) -> None:
+    with pytest.raises(ValueError, match="window_size"):
+        build_model(make_config("baseline", window_size=5))
+
+
+def test_the_dense_path_leaves_the_patch_path_initialisation_alone(make_config, make_batch) -> None:
+    # the window position embedding is drawn from a forked RNG: every other parameter is as before
+    torch.manual_seed(0)
+    dense = build_model(make_config("mamol", window_size=4))
+    torch.manual_seed(0)
+    other = build_model(make_config("mamol", window_size=8))
+    shared = {k: v for k, v in dense.state_dict().items() if "window_position" not in k}
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in shared.items())
+    batch = make_batch(dense.config)
+    available = torch.ones(4, 2, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(dense.eval()(batch, available), other.eval()(batch, available))

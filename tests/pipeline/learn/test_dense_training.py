@@ -1,0 +1,112 @@
+"""Dense training: coherent missing-modality masks, masked cross-entropy on crops, repeatable weights."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config.catalog import Catalog, Protocol
+from pipeline.learn.dense_training import (
+    DenseTrainingSettings,
+    coherent_masks,
+    epoch_crops,
+    fit_dense,
+    region_patterns,
+    training_availability,
+)
+from pipeline.learn.training import model_config_for, prepare_training_data
+
+MODALITIES = ["hs", "lidar"]
+
+
+def test_coherent_masks_follow_the_protocol_fractions_in_regions() -> None:
+    rng = np.random.default_rng(0)
+    crops, blobs, size = 200, 8, 32
+    patterns = region_patterns(Protocol(kind="eta", eta=0.5), crops * blobs, MODALITIES, 0, torch.Generator().manual_seed(0))
+    masks = coherent_masks(patterns.reshape(crops, blobs, 2), size, 0.5, rng)
+    codes = masks[:, 0].astype(int) + 2 * masks[:, 1].astype(int)
+    fractions = np.bincount(codes.ravel(), minlength=4) / codes.size
+    # eta 0.5 over two modalities: half complete, a quarter HS only, a quarter LiDAR only, never nothing
+    np.testing.assert_allclose(fractions, [0.0, 0.25, 0.25, 0.5], atol=0.03)
+    # coherent: neighbouring pixels share their pattern far more often than independent draws would (0.375)
+    same = (codes[:, 1:, :] == codes[:, :-1, :]).mean()
+    assert same > 0.85
+
+
+def test_rates_protocol_gives_each_modality_its_rate() -> None:
+    rng = np.random.default_rng(1)
+    protocol = Protocol(kind="rates", rates={"hs": 1.0, "lidar": 0.3})
+    patterns = region_patterns(protocol, 300 * 8, MODALITIES, 3, torch.Generator().manual_seed(0))
+    masks = coherent_masks(patterns.reshape(300, 8, 2), 32, 0.5, rng)
+    assert masks[:, 0].all()
+    assert masks[:, 1].mean() == pytest.approx(0.3, abs=0.03)
+
+
+def test_real_availability_is_anded_in_and_no_pixel_is_left_empty() -> None:
+    real = torch.tensor([[[[True, True, False]], [[True, False, True]]]])  # (1, M=2, 1, 3)
+    simulated = np.array([[[[False, True, False]], [[True, True, False]]]])
+    got = training_availability(real, simulated)
+    # pixel 0: LiDAR only; pixel 1: HS (the real one); pixel 2: the simulation leaves nothing -> real (LiDAR)
+    assert got[0, :, 0].T.tolist() == [[False, True], [True, False], [False, True]]
+
+
+def test_every_training_pixel_falls_in_one_crop_per_epoch() -> None:
+    rng = np.random.default_rng(2)
+    rows, cols = rng.integers(0, 100, 50), rng.integers(0, 300, 50)
+    corners = epoch_crops(rows, cols, 32, rng)
+    inside = (rows[:, None] >= corners[:, 0]) & (rows[:, None] < corners[:, 0] + 32) & \
+             (cols[:, None] >= corners[:, 1]) & (cols[:, None] < corners[:, 1] + 32)
+    assert (inside.sum(axis=1) == 1).all()
+    assert inside.any(axis=0).all()  # no crop without a training pixel
+
+
+def _fit(catalog: Catalog, data, split, seed: int = 0) -> dict[str, torch.Tensor]:
+    from models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(model_config_for(catalog, catalog.scenes[0], data.ds))
+    training = SimpleNamespace(epochs=1, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=2, grad_clip=1.0)
+    fit_dense(model, data.ds, data.stats, split, training, Protocol(kind="eta", eta=0.5), seed, progress=False,
+              precision="float32", settings=DenseTrainingSettings(crop_size=16, crops_per_batch=4, val_tile=256))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_and_validation_labels_never_reach_the_loss(demo_catalog: Catalog) -> None:
+    from models import build_model
+
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    shuffled = copy.deepcopy(data.split)
+    shuffled.val_targets = np.random.default_rng(9).permutation(shuffled.val_targets)
+    first = _fit(demo_catalog, data, data.split)
+    again = _fit(demo_catalog, data, data.split)
+    other_val = _fit(demo_catalog, data, shuffled)
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
+    assert all(torch.equal(v, other_val[k]) for k, v in first.items())
+    torch.manual_seed(0)
+    untrained = build_model(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds)).state_dict()
+    assert not all(torch.equal(v, untrained[k]) for k, v in first.items())  # the steps did train
+
+
+@pytest.mark.slow
+def test_dense_training_learns_the_small_demo(demo_catalog: Catalog) -> None:
+    from models import build_model
+    from pipeline.learn.dense_training import SceneArrays, predict_dense_at
+
+    scene = demo_catalog.scenes[0]
+    data = prepare_training_data(demo_catalog, scene, 0)
+    torch.manual_seed(0)
+    model = build_model(model_config_for(demo_catalog, scene, data.ds))
+    training = SimpleNamespace(epochs=8, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=None, grad_clip=1.0)
+    settings = DenseTrainingSettings(crop_size=16, crops_per_batch=8)
+    fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0, progress=False, settings=settings)
+    split = data.split
+    arrays = SceneArrays.read(data.ds, data.modalities, data.stats, model.receptive_radius)
+    probs = predict_dense_at(model, arrays, split.test_rows, split.test_cols)
+    oa = float((probs.argmax(1) == split.test_targets).mean())
+    chance = np.bincount(split.test_targets).max() / len(split.test_targets)
+    assert oa > chance + 0.25, f"held-out OA {oa:.3f}, majority class {chance:.3f}"
