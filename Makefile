@@ -25,7 +25,10 @@ demo: venv
 test-browser:
 	-@sh tests/install_browser.sh
 
+# lint and types first (seconds), then the suite: CI fails on any of the three
 test: venv test-browser
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ingest: venv

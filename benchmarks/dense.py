@@ -30,6 +30,7 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def centre(shape: tuple[int, int], height: int, width: int) -> Window:
 def patch_path(ds: xr.Dataset, loaded: LoadedClassifier, window: Window, repeats: int) -> dict[str, Any]:
     rows = {}
     for batch in BATCHES:
-        seconds = median_seconds(lambda b=batch: classify_window(ds, loaded, window, b, "patch"), repeats)
+        seconds = median_seconds(partial(classify_window, ds, loaded, window, batch, "patch"), repeats)
         rows[str(batch)] = round(window.height * window.width / seconds, 2)
     best = max(rows, key=lambda k: rows[k])
     return {"window": [window.height, window.width], "px_per_s_by_batch": rows, "best_batch": int(best), "px_per_s": rows[best]}
@@ -95,7 +96,7 @@ def dense_path(ds: xr.Dataset, loaded: LoadedClassifier, tiles: tuple[int, ...],
     rows, seconds_by_tile = {}, {}
     for tile in tiles:
         window = centre(shape, tile, tile)
-        seconds = median_seconds(lambda w=window: classify_window(ds, loaded, w, inference="dense"), repeats)
+        seconds = median_seconds(partial(classify_window, ds, loaded, window, inference="dense"), repeats)
         rows[str(tile)] = round(window.height * window.width / seconds, 2)
         seconds_by_tile[str(tile)] = round(seconds, 3)
     best = max(rows, key=lambda k: rows[k])
@@ -134,7 +135,7 @@ def naive_path(scene_store: Path, loaded: LoadedClassifier, window: Window, repe
     tracemalloc.stop()
     rows = {}
     for batch in BATCHES:
-        seconds = median_seconds(lambda b=batch: classify_pixels(loaded.model, dataset, b, loaded.dtype), repeats)
+        seconds = median_seconds(partial(classify_pixels, loaded.model, dataset, batch, loaded.dtype), repeats)
         rows[str(batch)] = round(len(dataset) / seconds, 2)
     best = max(rows, key=lambda k: rows[k])
     patch_bytes = sum(v.numel() * v.element_size() for v in patches.values())
@@ -196,7 +197,7 @@ def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repea
         # one run each (minutes on 2 cores), its FLOPs counted as it runs (the counter costs little beside them)
         classify_window(ds, loaded, centre(shape, 8, 8), batch, path)  # warm-up on a few pixels
         with FlopCounterMode(display=False) as counter:
-            seconds[path] = timed(lambda w=win, b=batch, p=path: classify_window(ds, loaded, w, b, p))
+            seconds[path] = timed(partial(classify_window, ds, loaded, win, batch, path))
         flops[path] = counter.get_total_flops() / (win.height * win.width)
     dense_seconds, patch_seconds = seconds["dense"], seconds["patch"]
     row["dense"] = {"tile": [window.height, window.width], "halo": int(loaded.model.receptive_radius),

@@ -66,7 +66,7 @@ class PixelPatches(Dataset):
 
 
 @torch.no_grad()
-def classify_pixels(model: MissingModalityClassifier, dataset: PixelPatches, batch_size: int = 64,
+def classify_pixels(model: MissingModalityClassifier, dataset: Dataset, batch_size: int = 64,
                     dtype: torch.dtype | None = None) -> tuple[np.ndarray, float]:
     """Class indices (argmax) for every item of ``dataset`` and the seconds the loop took."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)

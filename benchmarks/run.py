@@ -52,6 +52,7 @@ from benchmarks.scenes import (
 from benchmarks.stages import breakdown, instrumented
 from benchmarks.summary import evaluate_targets, write_summary
 from pipeline.files import write_json
+from pipeline.storage import local_path
 
 log = logging.getLogger("benchmarks")
 
@@ -161,7 +162,7 @@ def train_memory_checkpoint(settings: Settings, work: Path) -> Path:
 
     catalog = demo_catalog(work / "scene-1x", work / "memory-train", model={"patch_size": settings.memory_patch_size},
                            training=FAST_TRAINING)
-    return train(catalog, progress=False).checkpoint
+    return local_path(train(catalog, progress=False).checkpoint)
 
 
 def bench_memory(settings: Settings, work: Path, rows: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +250,7 @@ def run_dense(settings: Settings, work: Path, output: Path, cleanup: bool, quick
             results["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
             write_json(output / "dense.json", results)
 
-        bench_dense(store, quick, save)
+        bench_dense(local_path(store), quick, save)
     finally:
         if cleanup:
             shutil.rmtree(work, ignore_errors=True)

@@ -14,6 +14,7 @@ import xarray as xr
 
 from benchmarks.naive import PixelPatches, classify_pixels, load_scene
 from models import checkpoint_hash
+from models.base import MissingModalityClassifier
 from pipeline.data.patches import Window
 from pipeline.inference.classify import (
     autocast_dtype,
@@ -98,7 +99,7 @@ def engine_vs_naive(scene_store: Path, checkpoint: Path, pixels: int = 2000, bat
 
 
 @torch.no_grad()
-def model_only_seconds(model: torch.nn.Module, pixels: int, batch: int, dtype: torch.dtype | None) -> float:
+def model_only_seconds(model: MissingModalityClassifier, pixels: int, batch: int, dtype: torch.dtype | None) -> float:
     """Seconds the model alone takes for ``pixels`` patches in batches of ``batch`` (random inputs, no data path)."""
     cfg = model.config
     n = min(batch, pixels)

@@ -99,6 +99,11 @@ class MissingModalityClassifier(nn.Module):
         """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W), where ``supports_dense``."""
         raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
 
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels around a pixel that can change its dense logits (the halo a tile is read with)."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
+
     # -- training hooks --------------------------------------------------
     def stages(self) -> list[str]:
         """Names of the training stages, in order; most methods have one."""

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -144,6 +144,12 @@ class LVPCNet(MissingModalityClassifier):
     """Shared and specific encoders aligned with class language features; prompt compensation of missing modalities."""
 
     default_params = LVPCNET_PARAMS
+    # buffers and containers, typed for the checker (nn.Module's attribute lookup is untyped)
+    text_shared: Tensor
+    text_specific: Tensor
+    specific: nn.ModuleDict
+    specific_to_text: nn.ModuleDict
+    convs: nn.ModuleDict
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -235,7 +241,7 @@ class LVPCNet(MissingModalityClassifier):
         for i, name in enumerate(names):
             present = available[:, i].nonzero(as_tuple=True)[0]
             shared.append(self._rows(self.shared, groups[i], present, batch))
-            own = self._rows(self.specific[name], groups[i], present, batch)
+            own = self._rows(cast(PromptedEncoder, self.specific[name]), groups[i], present, batch)
             absent = (~available[:, i]).nonzero(as_tuple=True)[0]
             if compensate and absent.numel():
                 own = own.index_copy(0, absent, self.compensate(i, inputs, available, absent).float())
@@ -270,7 +276,7 @@ class LVPCNet(MissingModalityClassifier):
             if j == target:
                 continue
             present = avail[:, j]
-            out = zero_where_missing(self.convs[name][source](inputs[source].index_select(0, rows)), present)
+            out = zero_where_missing(cast(nn.ModuleDict, self.convs[name])[source](inputs[source].index_select(0, rows)), present)
             mapped = out if mapped is None else mapped + out
             count = count + present.float()
         assert mapped is not None

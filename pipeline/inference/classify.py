@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -167,7 +167,7 @@ def classify_window_dense(ds: xr.Dataset, loaded: LoadedClassifier, window: Wind
     """One dense forward pass over ``window`` grown by the model's receptive radius; the halo is cropped off."""
     model = loaded.model
     modalities = model.config.modalities
-    halo = int(model.receptive_radius)  # type: ignore[attr-defined]
+    halo = model.receptive_radius
     data = read_window(ds, modalities, window, halo)
     norm = normalise_window(data, modalities, loaded.stats)
     tile = (slice(halo, halo + window.height), slice(halo, halo + window.width))
@@ -222,8 +222,8 @@ def process_tile(task: TileTask) -> dict[str, Any]:
     group = zarr.open_group(url(map_store), mode="r+", **zarr_kwargs(map_store))
     ys, xs = task.window.slices
     for name, values in result.items():
-        group[name][ys, xs] = values
-    group["done"][task.tile_index] = 1
+        cast(zarr.Array, group[name])[ys, xs] = values
+    cast(zarr.Array, group["done"])[task.tile_index] = 1
     worker = None
     try:
         from distributed import get_worker

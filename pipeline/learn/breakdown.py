@@ -8,7 +8,6 @@ clouds, each sensor failure's footprint) and ``clear`` outside all of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import xarray as xr
 from models.patterns import complete_pattern, pattern_code, pattern_name
 from pipeline.config.catalog import Scene
 from pipeline.learn.metrics import classification_summary
+from pipeline.storage import Location
 
 CLEAR = "clear"
 UNDER_CLOUDS = "under clouds"
@@ -36,7 +36,7 @@ def pattern_groups(available: np.ndarray, modalities: Sequence[str]) -> dict[str
     return {pattern_label(int(c), modalities): codes == c for c in np.unique(codes)}
 
 
-def footprint_masks(scene: Scene, like: xr.DataArray, catalog_file: Path | None = None) -> dict[str, np.ndarray]:
+def footprint_masks(scene: Scene, like: xr.DataArray, catalog_file: Location | None = None) -> dict[str, np.ndarray]:
     """Bool (y, x) masks of the scene's footprints: ``under clouds``, one per failure, and ``clear`` outside them all.
 
     ``like`` is any array on the scene grid with CRS and transform (``.rio``), e.g. a scene store's ``labels``.

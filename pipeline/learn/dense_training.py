@@ -166,7 +166,7 @@ def predict_dense_at(
     """Class probabilities (N, K) at scene pixels, each tile classified with a halo of the receptive radius."""
     device = device or next(model.parameters()).device
     dtype = autocast_dtype(device, precision)
-    halo = int(model.receptive_radius)  # type: ignore[attr-defined]
+    halo = model.receptive_radius
     if halo > scene.pad:
         raise ValueError(f"the scene arrays are padded by {scene.pad} px, less than the receptive radius {halo}")
     model.eval()
@@ -214,7 +214,7 @@ def fit_dense(
     model.to(device)
     modalities = model.config.modalities
     size = settings.crop_size
-    scene = SceneArrays.read(ds, modalities, stats, pad=max(size, int(model.receptive_radius)))  # type: ignore[attr-defined]
+    scene = SceneArrays.read(ds, modalities, stats, pad=max(size, model.receptive_radius))
     labels = label_raster((scene.height, scene.width), split.train_rows, split.train_cols, split.train_targets)
     labels = np.pad(labels, scene.pad, constant_values=-1)
     rng = np.random.default_rng(seed)
@@ -224,7 +224,7 @@ def fit_dense(
     wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
     clip = getattr(training, "grad_clip", None)
     crops_per_epoch = len(epoch_crops(split.train_rows, split.train_cols, size, np.random.default_rng(seed), window))
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     for stage in model.stages():
         params = model.configure_stage(stage)
         if not params:
@@ -271,7 +271,7 @@ def fit_dense(
                 val_oa = float((probs.argmax(1) == split.val_targets).mean())
             history.append({"stage": stage, "epoch": epoch + 1, "step": step,
                             "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                            "val_oa": val_oa, "lr": schedule.get_last_lr()[0]})
+                            "val_oa": val_oa, "lr": float(schedule.get_last_lr()[0])})
             bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
             if step >= total:
                 break

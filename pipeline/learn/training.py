@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     checkpoint: Location  # a folder, or a URL when output.folder is on an object store
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     best_val_oa: float
     seconds: float
     split_path: Location
@@ -157,7 +157,7 @@ def predict(
     return np.concatenate(out) if out else np.zeros((0, model.config.num_classes), dtype=np.float32)
 
 
-def _write_history(history: list[dict[str, float]], folder: Path) -> None:
+def _write_history(history: list[dict[str, Any]], folder: Path) -> None:
     if not history:
         return
     keys = sorted({k for row in history for k in row}, key=lambda k: (k not in ("stage", "epoch"), k))
@@ -235,7 +235,7 @@ def fit(
     batch_size = training.batch_size
     generator = torch.Generator().manual_seed(seed)
     n = train_avail.shape[0]
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     targets_t = torch.from_numpy(train_targets.astype(np.int64))
     tensors = {m: torch.from_numpy(v) for m, v in train_patches.items()}
     avail_t = torch.from_numpy(train_avail)
@@ -276,7 +276,7 @@ def fit(
                     bar.update(1)
                 probs = predict(model, val_patches, val_avail, device=device, precision=precision)
                 val_oa = float((probs.argmax(1) == val_targets).mean()) if len(val_targets) else float("nan")
-                history.append({"stage": stage, "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": schedule.get_last_lr()[0]})
+                history.append({"stage": stage, "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": float(schedule.get_last_lr()[0])})
                 bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
                 if selection == "best":
                     if not len(val_targets) or val_oa > best_oa:
@@ -366,6 +366,7 @@ def train(
         history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress,
                       precision=catalog.model.precision, protocol=protocol)
 
+    assert scene.labels is not None  # model_config_for refused a scene without labels
     metadata = {
         "normalisation": stats.to_dict(),
         "classes": [c.model_dump(mode="json") for c in scene.labels.classes],
