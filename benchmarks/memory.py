@@ -106,6 +106,9 @@ def measure_tree(cmd: list[str], interval: float = 0.05, timeout: float | None =
         proc.wait()
         for t in readers:
             t.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):  # the readers are done with them
+            if stream is not None:
+                stream.close()
     out.seconds = time.perf_counter() - started
     out.returncode = proc.returncode
     out.processes_seen = len(seen)

@@ -173,6 +173,21 @@ def remove_stale_temporaries(folder: str | os.PathLike[str] | Location) -> list[
     return removed
 
 
+@contextmanager
+def file_set(folder: str | os.PathLike[str], names: list[str]) -> Iterator[dict[str, Path]]:
+    """Temporary paths for the files ``names`` of ``folder``; they all move into place when the block
+    succeeds (renames, :func:`publish_files`), none does when it fails."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = temporary_sibling(target / "files")
+    staging.mkdir()
+    try:
+        yield {name: staging / name for name in names}
+        publish_files(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def publish_files(staging: Path, folder: Location) -> list[Location]:
     """Move every file of the complete ``staging`` folder into ``folder`` (renames only, so no byte is written).
 

@@ -368,7 +368,7 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Loca
         write_quicklook,
     )
     from pipeline.outputs.report import build_report, write_report, write_stac_item
-    from pipeline.outputs.webmap import WEB_MAP, write_web_map
+    from pipeline.outputs.webmap import WEB_MAP, default_title, write_web_map
 
     t = time.perf_counter()
     map_ds = open_zarr(final_map, consolidated=False)
@@ -382,7 +382,8 @@ def export_scene(catalog: Catalog, scene: Scene, ds: xr.Dataset, final_map: Loca
     if "png" in formats:
         staged["quicklook"] = write_quicklook(map_ds, staging / "quicklook.png", title=f"{catalog.name} / {scene.name}: {metadata_method(local_checkpoint)}")
     if "html" in formats:  # drawn from the staged COGs (the catalog refuses 'html' without 'cog')
-        staged["webmap"] = write_web_map(staging, staging / WEB_MAP)
+        # titled after the folder it is published in, as `python -m pipeline.webmap` titles it there
+        staged["webmap"] = write_web_map(staging, staging / WEB_MAP, title=default_title(local_path(out_dir)) if not is_remote(out_dir) else str(out_dir))
     outputs.update({k: out_dir / v.name for k, v in staged.items()})
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -29,7 +29,6 @@ writes the files; ``catalogs/<name>-bench.yaml`` reads them.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +37,13 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import Transformer
 from rasterio import features
 from scipy import ndimage
 from shapely.geometry import shape
-from shapely.ops import transform as shapely_transform
 
 from pipeline.config.errors import InputError
-from pipeline.files import temporary_sibling
+from pipeline.datasets.demo import polygons_to_lonlat
+from pipeline.files import file_set
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +167,8 @@ def strip_mask(rng: np.random.Generator, shape: tuple[int, int], fraction: float
 
 
 def _polygons_lonlat(mask: np.ndarray, transform: Affine, crs: str) -> list:
-    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     polygons = [shape(geom) for geom, value in features.shapes(mask.astype("uint8"), mask=mask, transform=transform) if value]
-    return [shapely_transform(to_lonlat.transform, p) for p in polygons]
+    return polygons_to_lonlat(polygons, crs)
 
 
 def synthesise_hs(truth: np.ndarray, height: np.ndarray, recipe: BenchmarkRecipe, rng: np.random.Generator) -> np.ndarray:
@@ -237,8 +234,8 @@ def build_benchmark_scene(name: str, dest: Path, seed: int = 0, shared: Path | N
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     paths = {role: dest / file for role, file in FILES.items()}
-    tmp = {role: temporary_sibling(p) for role, p in paths.items()}
-    try:
+    with file_set(dest, list(FILES.values())) as staged:  # all files appear together, when complete
+        tmp = {role: staged[file] for role, file in FILES.items()}
         _write_tif(tmp["hs"], hs, transform, recipe.crs, None)
         with rasterio.open(tmp["hs"], "r+") as dst:
             for b, wl in enumerate(recipe.wavelengths, start=1):
@@ -249,10 +246,5 @@ def build_benchmark_scene(name: str, dest: Path, seed: int = 0, shared: Path | N
             polygons = _polygons_lonlat(mask, transform, recipe.crs)
             frame = gpd.GeoDataFrame({k: [v] * len(polygons) for k, v in props.items()}, geometry=polygons, crs="EPSG:4326")
             frame.to_file(tmp[role], driver="GeoJSON")
-        for role in FILES:
-            os.replace(tmp[role], paths[role])
-    finally:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
     log.info("benchmark scene %s (%d x %d, seed %d) written to %s", name, *shape2, seed, dest)
     return paths

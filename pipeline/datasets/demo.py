@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,7 @@ from shapely.ops import unary_union
 
 from pipeline.config.catalog import Catalog, Scene
 from pipeline.config.errors import CatalogError
-from pipeline.files import (
-    atomic_file,
-    temporary_sibling,
-)
+from pipeline.files import atomic_file, file_set
 from pipeline.storage import local_path
 
 log = logging.getLogger(__name__)
@@ -464,9 +460,14 @@ def lidar_gap_polygon(seed: int, height: int, width: int, fraction: float = 0.10
     return Polygon([(x_top, top + 5), (x_top + w, top + 5), (x_top + w + slant, bottom - 5), (x_top + slant, bottom - 5)])
 
 
+def polygons_to_lonlat(polygons: list[Polygon], crs: str) -> list[Polygon]:
+    """``polygons`` in ``crs`` reprojected to longitude/latitude (EPSG:4326), as operators deliver footprints."""
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return [shapely.transform(p, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1]))) for p in polygons]
+
+
 def _write_lonlat(polygons: list[Polygon], path: Path, properties: dict[str, list]) -> None:
-    to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
-    geometries = [shapely.transform(p, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1]))) for p in polygons]
+    geometries = polygons_to_lonlat(polygons, CRS)
     frame = gpd.GeoDataFrame(properties, geometry=geometries, crs="EPSG:4326")
     with atomic_file(path) as tmp:
         frame.to_file(tmp, driver="GeoJSON")
@@ -497,9 +498,9 @@ def generate_demo_scene(folder: Path, seed: int = 0, height: int = 166, width: i
     clouds = cloud_polygons(seed, height, width)
     gap = lidar_gap_polygon(seed, height, width)
     paths = {role: folder / name for role, name in FILES.items()}
-    tmp = {role: temporary_sibling(p) for role, p in paths.items()}  # all files appear together, when complete
     cloud_spectrum = (0.62 + 0.12 * (WAVELENGTHS.max() - WAVELENGTHS) / (WAVELENGTHS.max() - WAVELENGTHS.min())).astype("float32")
-    try:
+    with file_set(folder, list(FILES.values())) as staged:  # all files appear together, when complete
+        tmp = {role: staged[name] for role, name in FILES.items()}
         with (
             _open_tif(tmp["hs"], height, width, len(WAVELENGTHS), "float32", None) as hs,
             _open_tif(tmp["lidar"], height, width, 2, "float32", LIDAR_NODATA) as lidar,
@@ -516,11 +517,6 @@ def generate_demo_scene(folder: Path, seed: int = 0, height: int = 166, width: i
                 _write_window(r0, r1, layout, lib, clouds, gap, cloud_spectrum, seed, hs, lidar, labels)
         _write_lonlat(clouds, tmp["clouds"], {"kind": ["cloud"] * len(clouds)})
         _write_lonlat([gap], tmp["lidar_gap"], {"modality": ["lidar"], "reason": ["strip never flown"]})
-        for role in FILES:
-            os.replace(tmp[role], paths[role])
-    finally:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
     log.info("demo scene (%d x %d, seed %d) written to %s", height, width, seed, folder)
     return paths
 

@@ -292,11 +292,11 @@ def side_by_side(left: Path, right: Path, max_side: int = MAX_SIDE,
 
 
 def write_web_map(folder: Path, path: Path | None = None, compare: Path | None = None,
-                  max_side: int = MAX_SIDE) -> Path:
+                  max_side: int = MAX_SIDE, title: str | None = None) -> Path:
     """Write the web map of ``folder`` (beside ``compare`` when given) to ``path`` (default ``folder/map.html``)."""
     folder = Path(folder)
     target = Path(path) if path is not None else folder / WEB_MAP
-    web_map = interactive_map(folder, max_side) if compare is None else side_by_side(folder, Path(compare), max_side)
+    web_map = interactive_map(folder, max_side, title) if compare is None else side_by_side(folder, Path(compare), max_side)
     return web_map.save(target)
 
 

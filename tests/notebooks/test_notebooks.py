@@ -125,11 +125,11 @@ def test_train_and_evaluate_notebook_runs(tiny_catalog: Path, kernel: str, tmp_p
     assert "baseline OA" in table and "mamol OA" in table and "eta 50%" in table
     evaluation = tmp_path / "out" / "evaluation" / "mamol-table1"
     results = json.loads((evaluation / "results.json").read_text())
-    assert {r["method"] for r in results["runs"]} == {"baseline", "mamol"}
+    assert {r["method"] for r in results["runs"]} == {"baseline", "mamol", "random forest (floor)"}
     for r in results["table"]:  # the notebook shows the evaluation's own numbers
         assert f"{100 * r['oa_mean']:.2f}" in table
     confusion = sorted(evaluation.glob("confusion_*.png"))
-    assert len(confusion) == 2
+    assert len(confusion) == 3  # baseline, mamol and the random-forest floor
     assert len(outputs_of(notebook, "image/png")) >= 2 + 2, "curves, OA bars and two confusion images"
     for method in ("baseline", "mamol"):
         assert (tmp_path / "out" / "checkpoints" / method / "model.safetensors").is_file()
