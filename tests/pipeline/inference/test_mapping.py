@@ -128,7 +128,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def gpu_cluster(tmp_path: Path) -> Iterator[str]:
+def gpu_cluster(tmp_path: Path, dask_processes) -> Iterator[str]:
     """A real `dask scheduler` and two `dask worker` processes on loopback; the second advertises GPU=1
     (a resource label: the machine need not have a GPU, routing is what the tests check)."""
     port = _free_port()
@@ -148,20 +148,8 @@ def gpu_cluster(tmp_path: Path) -> Iterator[str]:
             procs.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT))
             if name == "scheduler":
                 time.sleep(2)
-        try:
-            from distributed import Client
-
-            with Client(address, timeout="30s") as client:
-                client.wait_for_workers(2, timeout=60)
+        with dask_processes(address, procs, 2):
             yield address
-        finally:
-            for p in reversed(procs):
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
 
 def test_external_scheduler_routes_every_tile_to_the_worker_advertising_gpu(trained_demo, reference, gpu_cluster: str, tmp_path: Path) -> None:
