@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from pipeline.config.catalog import Georeference
+from pipeline.config.catalog import Georeference, Source
 from pipeline.config.errors import SourceError
 
 
@@ -48,6 +48,13 @@ def georeference(da: xr.DataArray, geo: Georeference) -> xr.DataArray:
     )
     da = da.rio.write_crs(geo.crs)
     return da.rio.write_transform(Affine(res, 0.0, left, 0.0, -res, top))
+
+
+def single_path(source: Source, where: str, what: str) -> Path:
+    """The one file or store a reader of whole containers (.mat, ENVI, Zarr) takes: ``path``, not ``paths``."""
+    if source.path is None:
+        raise SourceError(source.files[0], f"{where}.paths", f"one {what} in 'path'", "'paths'")
+    return source.path
 
 
 def choose_key(path: Path, where: str, key: str | None, names: list[str], item: str, container: str) -> str:

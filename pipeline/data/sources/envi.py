@@ -15,6 +15,7 @@ import xarray as xr
 
 from pipeline.config.catalog import Source
 from pipeline.config.errors import SourceError
+from pipeline.data.sources._array import single_path
 from pipeline.data.sources.geotiff import check_readable, open_lazily
 from pipeline.storage import is_remote, local_copy
 
@@ -62,9 +63,7 @@ def header_wavelengths(header: Path) -> list[float] | None:
 
 def read_envi(source: Source, where: str) -> xr.DataArray:
     """Read an ENVI raster as (band, y, x), with wavelengths from its header when it lists them."""
-    if source.path is None:
-        raise SourceError(source.files[0], f"{where}.paths", "one ENVI file in 'path'", "'paths'")
-    header, raster = _header_and_raster(source.path, f"{where}.path")
+    header, raster = _header_and_raster(single_path(source, where, "ENVI file"), f"{where}.path")
     if is_remote(raster):  # ENVI is raw bytes beside a text header: both are fetched into the local cache
         raster = local_copy(raster, None, header)
         header = raster.parent / header.name

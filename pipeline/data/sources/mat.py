@@ -15,7 +15,7 @@ import xarray as xr
 
 from pipeline.config.catalog import Source
 from pipeline.config.errors import SourceError
-from pipeline.data.sources._array import band_yx, choose_key, to_dataarray
+from pipeline.data.sources._array import band_yx, choose_key, single_path, to_dataarray
 from pipeline.storage import local_copy
 
 
@@ -37,9 +37,7 @@ def _load(path: Path, key: str, hdf5: bool) -> np.ndarray:
 
 def read_mat(source: Source, where: str) -> xr.DataArray:
     """Read one array of a .mat file as (band, y, x), without georeference."""
-    if source.path is None:
-        raise SourceError(source.files[0], f"{where}.paths", "one .mat file in 'path'", "'paths'")
-    path = source.path
+    path = single_path(source, where, ".mat file")
     if not path.is_file():
         raise SourceError(path, f"{where}.path", "an existing .mat file", "no such file")
     path = local_copy(path)  # a remote .mat file is fetched whole into the cache (HDF5/MATLAB need random access)

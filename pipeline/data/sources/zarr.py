@@ -11,7 +11,7 @@ import xarray as xr
 
 from pipeline.config.catalog import Source
 from pipeline.config.errors import SourceError
-from pipeline.data.sources._array import choose_key
+from pipeline.data.sources._array import choose_key, single_path
 from pipeline.storage import Location, url, zarr_kwargs
 
 
@@ -34,9 +34,7 @@ def check_chunks(da: xr.DataArray) -> None:
 
 def read_zarr(source: Source, where: str) -> xr.DataArray:
     """Read ``source.key`` (or the only data variable) of a Zarr store as (band, y, x)."""
-    if source.path is None:
-        raise SourceError(source.files[0], f"{where}.paths", "one Zarr store in 'path'", "'paths'")
-    path = source.path
+    path = single_path(source, where, "Zarr store")
     if not path.exists():
         raise SourceError(path, f"{where}.path", "an existing Zarr store", "no such file or folder")
     try:
