@@ -5,8 +5,8 @@ weights learnt; each model is built once and both paths use it):
 
 - patch path: ``classify_window(..., inference="patch")`` on a window, batch
   64 / 256 / 1024 patches;
-- dense path: ``classify_window(..., inference="dense")`` on tiles of 64 /
-  128 / 256 px, each read with a halo of the receptive radius (the tile size
+- dense path: ``classify_window(..., inference="dense")`` on tiles of 128 /
+  256 / 512 px (the demo scene is 166 rows: its tiles are at most 166 tall), each read with a halo of the receptive radius (the tile size
   is the dense path's batching knob);
 - the naive reference as the public repositories run it: every patch of the
   window materialised in memory first, then a DataLoader, batch 64 / 256 / 1024,
@@ -48,7 +48,7 @@ from pipeline.inference.tiling import tile_windows
 
 REPEATS = 3
 BATCHES = (64, 256, 1024)
-TILES = (64, 128, 256)
+TILES = (128, 256, 512)
 
 
 def timed(work: Callable[[], Any]) -> float:

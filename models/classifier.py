@@ -91,6 +91,9 @@ class PatchTransformerClassifier(MissingModalityClassifier):
             raise NotImplementedError(f"{type(self).__name__} has no dense path")
         return dense.receptive_radius(self.backbone.layers, self.window_size)
 
+    dense_chunk_tokens: int = 8192
+    """Tokens per call of a block on the dense path (whole windows); a speed knob only: results do not depend on it."""
+
     def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
         """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W); see ``models.dense``."""
         features = self.dense_features(inputs, available, origin)  # (B, M, width, H, W)
@@ -111,20 +114,24 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         # each token's own pixel pattern, laid out like the tokens: (B, Hc, Wc, M tokens, M modalities)
         pixel = dense.place(available, canvas, False).permute(0, 2, 3, 1)
         token_avail = pixel.unsqueeze(3).expand(-1, -1, -1, m, -1)
-        contexts: dict[int, Any] = {}
         for index, block in enumerate(self.backbone.blocks):
             shift = dense.block_shift(index, window)
             rows, cols = dense.shifted_region(canvas.height, canvas.width, shift)
-            region = x[:, rows, cols]
-            if shift not in contexts:
-                contexts[shift] = self.block_context(dense.partition(token_avail[:, rows, cols], window))
-            seq = self.run_block(index, block, dense.partition(region, window), contexts[shift])
-            out = dense.merge(seq, b, region.shape[1], region.shape[2], window)
-            if shift:
-                x = x.clone()
-                x[:, rows, cols] = out
-            else:
-                x = out
+            # without autograd the windows are written back where they were read (they are disjoint)
+            out = x.clone() if torch.is_grad_enabled() else x
+            source = dense.window_grid(x[:, rows, cols], window)  # (B, nh, nw, W, W, M, width), a view
+            target = dense.window_grid(out[:, rows, cols], window)
+            pattern = dense.window_grid(token_avail[:, rows, cols], window)
+            nh, nw = source.shape[1:3]
+            # a few rows of windows at a time: every op of a block is per window, and pieces that stay
+            # in the CPU's cache run the memory-bound half of a block (casts, norms, GELU, adds) fast
+            step = max(1, self.dense_chunk_tokens // (nw * window * window * m))
+            for crop_index, piece in dense.row_chunks(b, nh, step):
+                shape = source[crop_index, piece].shape
+                seq = source[crop_index, piece].reshape(-1, window * window * m, shape[-1])
+                context = self.block_context(pattern[crop_index, piece].reshape(seq.shape[0], seq.shape[1], -1))
+                target[crop_index, piece] = self.run_block(index, block, seq, context).view(shape)
+            x = out
         x = self.backbone.ln_post(dense.crop(x, canvas))  # (B, H, W, M, width)
         return x.permute(0, 3, 4, 1, 2)
 

@@ -127,20 +127,19 @@ def crop(x: Tensor, canvas: Canvas) -> Tensor:
     return torch.stack([x[b, t : t + h, lf : lf + w] for b, (t, lf) in enumerate(zip(canvas.top, canvas.left))])
 
 
-def partition(x: Tensor, window: int) -> Tensor:
-    """(B, H, W, M, C) with H, W multiples of ``window`` -> (B * windows, window * window * M, C) sequences."""
-    b, h, w, m, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, m, c).permute(0, 1, 3, 2, 4, 5, 6)
-    return x.reshape(b * (h // window) * (w // window), window * window * m, c)
+def window_grid(x: Tensor, window: int) -> Tensor:
+    """(B, H, W, ...) with H, W multiples of ``window`` -> a (B, H/window, W/window, window, window, ...) view.
+
+    No copy (``x`` may be a strided slice of a canvas): window ``(i, j)`` of crop ``b``
+    is ``grid[b, i, j]``; reshaping a slice of rows of windows gives attention sequences.
+    """
+    b, h, w = x.shape[:3]
+    return x.view(b, h // window, window, w // window, window, *x.shape[3:]).transpose(2, 3)
 
 
-def merge(seq: Tensor, batch: int, height: int, width: int, window: int) -> Tensor:
-    """Inverse of :func:`partition`: (B * windows, window * window * M, C) -> (B, H, W, M, C)."""
-    c = seq.shape[-1]
-    nh, nw = height // window, width // window
-    m = seq.shape[1] // (window * window)
-    x = seq.view(batch, nh, nw, window, window, m, c).permute(0, 1, 3, 2, 4, 5, 6)
-    return x.reshape(batch, height, width, m, c)
+def row_chunks(batch: int, window_rows: int, rows_per_chunk: int) -> list[tuple[int, slice]]:
+    """(crop, rows of windows) pieces that cover a (batch, window_rows) grid, ``rows_per_chunk`` rows each."""
+    return [(b, slice(i, min(i + rows_per_chunk, window_rows))) for b in range(batch) for i in range(0, window_rows, rows_per_chunk)]
 
 
 def shifted_region(height: int, width: int, shift: int) -> tuple[slice, slice]:

@@ -51,6 +51,26 @@ class LoRAExperts(nn.Module):
         return self.scale * (inner.reshape(b, length, -1) @ self.up.to(inner.dtype))
 
 
+def mix_experts(z: Tensor, groups: list[tuple[LoRAExperts, Tensor]]) -> Tensor:
+    """``sum`` over groups of ``experts(z, coefficients)`` in one pair of matrix products.
+
+    The experts of every group are stacked (their scales folded into the up
+    matrices), so a layer with dynamic and static experts pays two products,
+    not four. Coefficients as in :meth:`LoRAExperts.forward`.
+    """
+    if len(groups) == 1:
+        experts, coefficients = groups[0]
+        return experts(z, coefficients)
+    b, length, _ = z.shape
+    down = torch.cat([e.down for e, _ in groups]).to(z.dtype)
+    up = torch.cat([e.scale * e.up for e, _ in groups]).to(z.dtype)
+    inner = z @ down.t()
+    weights = torch.cat(
+        [c.to(z.dtype).expand(b, length, e.num_experts).repeat_interleave(e.rank, dim=-1) for e, c in groups], dim=-1
+    )
+    return (inner * weights) @ up
+
+
 class PatternRouter(nn.Module):
     """Dynamic router ``g = softmax(W_t f_t([z; m_type]))``, kept to the top-k experts.
 

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from models.backbone import attention_step, ffn_input
 from models.base import ModelConfig
 from models.classifier import COMMON_PARAMS, PatchTransformerClassifier
-from models.lora import LoRAExperts, PatternRouter
+from models.lora import LoRAExperts, PatternRouter, mix_experts
 from models.patterns import pattern_code
 from models.registry import register
 
@@ -111,14 +111,15 @@ class MissingAwareMixture(nn.Module):
         self, z: Tensor, h_frozen: Tensor, m_type: Tensor | None, available: Tensor
     ) -> tuple[Tensor, Tensor | None]:
         """``LayerNorm(h_frozen + h_dyn + h_stat)`` and the dynamic gates (B, L, E) or None."""
-        h = h_frozen
         gates = None
+        groups = []
         if self.router is not None and self.dynamic is not None and m_type is not None:
             gates = self.router(z, m_type)
-            h = h + self.dynamic(z, gates)
+            groups.append((self.dynamic, gates))
         if self.static is not None:
             coefficients = self.static_coefficients(available)
-            h = h + self.static(z, coefficients.unsqueeze(1) if coefficients.dim() == 2 else coefficients)
+            groups.append((self.static, coefficients.unsqueeze(1) if coefficients.dim() == 2 else coefficients))
+        h = h_frozen + mix_experts(z, groups) if groups else h_frozen
         return self.norm(h), gates
 
     def static_coefficients(self, available: Tensor) -> Tensor:
