@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-test-pixels", type=int, default=5000, help="stratified cap on test pixels (0: all)")
     parser.add_argument("--epochs", type=int, help="override training.epochs")
     parser.add_argument("--rows", help="comma-separated 0-based rows of the protocol to run (default: all)")
+    parser.add_argument("--inference", choices=("auto", "dense", "patch", "both"),
+                        help="train and test on the dense or the patch path (default: the catalog's model.inference; "
+                             "auto/dense: dense for methods that have it); both: each dense method on both, side by side")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     configure_logging()
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or Path(catalog.output.folder) / scene.name / "evaluation" / args.protocol
         rows = [int(r) for r in args.rows.split(",")] if args.rows else None
         results = evaluate(catalog, args.protocol, methods, seeds, output, scene.name, args.max_test_pixels or None,
-                           not args.quiet, rows)
+                           not args.quiet, rows, args.inference)
         print((output / "table.md").read_text())
         print(f"tables in {output} ({results['seconds']:.0f} s)")
         return 0

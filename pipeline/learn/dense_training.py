@@ -82,6 +82,12 @@ class SceneArrays:
     height: int
     width: int
 
+    def masked(self, mask: np.ndarray) -> SceneArrays:
+        """The same scene with its availability ANDed with ``mask`` (M, height, width)."""
+        p = self.pad
+        padded = np.pad(mask, ((0, 0), (p, p), (p, p)), constant_values=False)
+        return SceneArrays(self.values, self.available & padded, p, self.height, self.width)
+
     @classmethod
     def read(cls, ds: xr.Dataset, modalities: list[str], stats: NormStats, pad: int) -> SceneArrays:
         height, width = ds.sizes["y"], ds.sizes["x"]
@@ -144,6 +150,27 @@ def coherent_masks(patterns: np.ndarray, size: int, strip_fraction: float, rng: 
         nearest = distance.argmin(axis=0)  # (size, size) region index
         out[b] = patterns[b][nearest].transpose(2, 0, 1)
     return out
+
+
+def scene_mask(protocol: Protocol, shape: tuple[int, int], modalities: list[str], seed: int,
+               region_pixels: int = 128) -> np.ndarray:
+    """A protocol's availability over a whole scene (M, H, W), spatially coherent.
+
+    The scene is cut into Voronoi regions of about ``region_pixels`` pixels
+    (the area of a training crop's blob), and each region takes one pattern
+    drawn by the protocol, so the pattern fractions over the regions are the
+    row's. Evaluation tests both paths on it: a patch sees its centre pixel's
+    pattern, a dense tile the mask around it, as a map meets real clouds.
+    """
+    from scipy.spatial import cKDTree
+
+    height, width = shape
+    count = max(1, round(height * width / region_pixels))
+    points = np.random.default_rng(seed).uniform((0, 0), (height, width), (count, 2))
+    patterns = protocol_availability(protocol, count, modalities, seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    _, nearest = cKDTree(points).query(np.stack([yy.ravel(), xx.ravel()], axis=1))
+    return patterns[nearest].T.reshape(len(modalities), height, width)
 
 
 def training_availability(real: Tensor, simulated: np.ndarray) -> Tensor:

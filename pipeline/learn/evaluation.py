@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from models.pretraining import init_from_pretrained
+from models.registry import method_class
 from pipeline.config.catalog import Catalog, Protocol
 from pipeline.data.patches import gather_patches
 from pipeline.files import (
@@ -29,12 +30,12 @@ from pipeline.files import (
     write_text,
 )
 from pipeline.learn.breakdown import footprint_masks, grouped_summaries, pattern_groups
+from pipeline.learn.dense_training import SceneArrays, fit_dense, predict_dense_at, scene_mask
 from pipeline.learn.forest import fit_forest, forest_predict
 from pipeline.learn.metrics import classification_summary
 from pipeline.learn.protocols import (
     MAMOL_TABLE1_ROWS,
     mamol_table3_rows,
-    protocol_availability,
 )
 from pipeline.learn.training import (
     build_catalog_model,
@@ -116,6 +117,28 @@ def default_methods(protocol: str, catalog: Catalog) -> list[str]:
     return ["baseline", catalog.model.method] if catalog.model.method != "baseline" else ["baseline"]
 
 
+INFERENCE_CHOICES = ("auto", "dense", "patch", "both")
+
+
+def variant_paths(variant: MethodVariant, inference: str) -> list[str]:
+    """The paths (``patch``, ``dense``) a variant is trained and tested on.
+
+    ``auto`` and ``dense`` follow mapping: dense for a method with the dense
+    path, patch otherwise; ``patch`` always patch; ``both`` runs a dense-capable
+    method twice, side by side on the same split, masks and seed.
+    """
+    if inference not in INFERENCE_CHOICES:
+        raise ValueError(f"inference must be one of {INFERENCE_CHOICES}, got {inference!r}")
+    if inference == "patch" or not method_class(variant.method).supports_dense:
+        return ["patch"]
+    return ["patch", "dense"] if inference == "both" else ["dense"]
+
+
+def path_variant(variant: MethodVariant, path: str) -> MethodVariant:
+    """``variant`` labelled with its path when dense (``mamol [dense]``); patch runs keep the plain label."""
+    return variant if path == "patch" else MethodVariant(f"{variant.label} [dense]", variant.method, variant.params)
+
+
 def stratified_subset(targets: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """Indices of at most ``limit`` samples, keeping class proportions (all when ``limit`` is None)."""
     if limit is None or len(targets) <= limit:
@@ -139,12 +162,19 @@ def evaluate(
     max_test_pixels: int | None = 5000,
     progress: bool = True,
     rows: list[int] | None = None,
+    inference: str | None = None,
 ) -> dict[str, Any]:
-    """Run a protocol (or only its ``rows``, 0-based) and write its tables under ``output``; returns the results."""
+    """Run a protocol (or only its ``rows``, 0-based) and write its tables under ``output``; returns the results.
+
+    ``inference`` (default: the catalog's ``model.inference``) is ``auto``,
+    ``dense``, ``patch`` or ``both``; see :func:`variant_paths`.
+    """
     scene = catalog.scene(scene_name)
     assert scene.labels is not None
     names = [c.name for c in scene.labels.classes]
-    variants = [MethodVariant.parse(m) for m in methods]
+    runs_of = [(v, path) for v in (MethodVariant.parse(m) for m in methods)
+               for path in variant_paths(v, inference or catalog.model.inference)]
+    variants = [path_variant(v, path) for v, path in runs_of]
     settings = protocol_settings(protocol, scene.modality_names, catalog.training.protocol)
     if rows is not None:
         bad = [r for r in rows if not 0 <= r < len(settings)]
@@ -161,17 +191,18 @@ def evaluate(
         if footprints is None:
             footprints = footprint_masks(scene, data.ds["labels"] if "labels" in data.ds else data.ds["available"], catalog.path)
         test_idx = stratified_subset(split.test_targets, max_test_pixels, seed)
+        test_rows, test_cols = split.test_rows[test_idx], split.test_cols[test_idx]
         test_p, test_real = gather_patches(
-            data.ds, data.modalities, split.test_rows[test_idx], split.test_cols[test_idx],
-            data.config.patch_size, data.stats, catalog.output.tile_size,
+            data.ds, data.modalities, test_rows, test_cols, data.config.patch_size, data.stats, catalog.output.tile_size,
         )
         test_targets = split.test_targets[test_idx]
-        test_footprints = {k: m[split.test_rows[test_idx], split.test_cols[test_idx]] for k, m in footprints.items()}
+        test_footprints = {k: m[test_rows, test_cols] for k, m in footprints.items()}
+        scene_arrays: SceneArrays | None = None
         for s_i, setting in enumerate(settings):
             train_avail = simulated_availability(setting.train, data.train_real, data.modalities, seed)
             val_avail = simulated_availability(setting.train, data.val_real, data.modalities, seed + 1)
-            test_sim = protocol_availability(setting.test, len(test_targets), data.modalities, seed + 2)
-            test_avail = test_sim & test_real
+            mask = scene_mask(setting.test, (data.ds.sizes["y"], data.ds.sizes["x"]), data.modalities, seed + 2)
+            test_avail = mask[:, test_rows, test_cols].T & test_real
             testable = test_avail.any(axis=1)
             test_in = {m: v[testable] for m, v in test_p.items()}
             truth = test_targets[testable]
@@ -184,18 +215,26 @@ def evaluate(
             forest = fit_forest(data.train_patches, train_avail, split.train_targets, data.modalities, seed)
             predicted = forest_predict(forest, test_in, test_avail[testable], data.modalities)
             runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=time.perf_counter() - t0, **context))
-            for variant in variants:
+            for (variant, path), label in zip(runs_of, (v.label for v in variants)):
                 config = data.config
                 config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
                 torch.manual_seed(seed)
                 model = build_catalog_model(config, catalog.path)
                 init_from_pretrained(model)
                 t0 = time.perf_counter()
-                history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
-                              split.val_targets, catalog.training, seed, progress,
-                              precision=catalog.model.precision, protocol=setting.train)
-                probs = predict(model, test_in, test_avail[testable], precision=catalog.model.precision)
-                runs.append(run_summary(truth, probs.argmax(1), names, groups, method=variant.label, epochs=len(history),
+                if path == "dense":
+                    history = fit_dense(model, data.ds, data.stats, split, catalog.training, setting.train, seed, progress,
+                                        catalog.model.precision)
+                    if scene_arrays is None or scene_arrays.pad < model.receptive_radius:
+                        scene_arrays = SceneArrays.read(data.ds, data.modalities, data.stats, model.receptive_radius)
+                    probs = predict_dense_at(model, scene_arrays.masked(mask), test_rows[testable], test_cols[testable],
+                                             precision=catalog.model.precision)
+                else:
+                    history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
+                                  split.val_targets, catalog.training, seed, progress,
+                                  precision=catalog.model.precision, protocol=setting.train)
+                    probs = predict(model, test_in, test_avail[testable], precision=catalog.model.precision)
+                runs.append(run_summary(truth, probs.argmax(1), names, groups, method=label, epochs=len(history),
                                         seconds=time.perf_counter() - t0, **context))
     variants = [*variants, MethodVariant(label=FOREST, method="forest")]
     results = {

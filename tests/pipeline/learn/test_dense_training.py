@@ -16,6 +16,7 @@ from pipeline.learn.dense_training import (
     epoch_crops,
     fit_dense,
     region_patterns,
+    scene_mask,
     training_availability,
 )
 from pipeline.learn.training import model_config_for, prepare_training_data
@@ -44,6 +45,17 @@ def test_rates_protocol_gives_each_modality_its_rate() -> None:
     masks = coherent_masks(patterns.reshape(300, 8, 2), 32, 0.5, rng)
     assert masks[:, 0].all()
     assert masks[:, 1].mean() == pytest.approx(0.3, abs=0.03)
+
+
+def test_scene_mask_gives_each_modality_its_rate_in_coherent_regions() -> None:
+    protocol = Protocol(kind="rates", rates={"hs": 0.6, "lidar": 1.0})
+    mask = scene_mask(protocol, (200, 300), MODALITIES, seed=4)
+    assert mask.shape == (2, 200, 300) and mask[1].all()
+    assert mask[0].mean() == pytest.approx(0.6, abs=0.05)
+    same = (mask[0, 1:] == mask[0, :-1]).mean()
+    assert same > 0.85  # independent draws would agree 0.52 of the time
+    np.testing.assert_array_equal(mask, scene_mask(protocol, (200, 300), MODALITIES, seed=4))
+    assert not np.array_equal(mask, scene_mask(protocol, (200, 300), MODALITIES, seed=5))
 
 
 def test_real_availability_is_anded_in_and_no_pixel_is_left_empty() -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.config.catalog import Catalog
-from pipeline.learn.evaluation import FOREST, evaluate
+from pipeline.learn.evaluation import FOREST, MethodVariant, evaluate, variant_paths
 
 
 def test_scene_protocol_reports_the_floor_patterns_and_footprints(demo_catalog: Catalog, tmp_path: Path) -> None:
     demo_catalog.training.max_steps = 4
-    results = evaluate(demo_catalog, "scene", ["baseline"], [0, 1], tmp_path / "eval", max_test_pixels=600, progress=False)
+    results = evaluate(demo_catalog, "scene", ["baseline"], [0, 1], tmp_path / "eval", max_test_pixels=600, progress=False,
+                       inference="patch")
     assert results["methods"] == ["baseline", FOREST]
     forest_runs = [r for r in results["runs"] if r["method"] == FOREST]
     assert [r["seed"] for r in forest_runs] == [0, 1]
@@ -26,3 +29,28 @@ def test_scene_protocol_reports_the_floor_patterns_and_footprints(demo_catalog: 
     assert "OA by availability pattern" in table and "OA by footprint" in table
     entry = next(e for e in results["table"] if e["method"] == "baseline")
     assert entry["seeds"] == 2 and entry["footprints"]["under clouds"]["seeds"] == 2
+
+
+def test_both_paths_are_tested_side_by_side_on_the_same_pixels_and_masks(demo_catalog: Catalog, tmp_path: Path) -> None:
+    demo_catalog.training.max_steps = 3
+    demo_catalog.training.epochs = 1
+    results = evaluate(demo_catalog, "mamol-table1", ["baseline", "mmp"], [0], tmp_path / "eval", max_test_pixels=300,
+                       progress=False, rows=[1], inference="both")
+    # mmp has no dense path: it runs once, on patches
+    assert results["methods"] == ["baseline", "baseline [dense]", "mmp", FOREST]
+    runs = {r["method"]: r for r in results["runs"]}
+    assert runs["baseline [dense]"]["epochs"] == 1
+    # the same test pixels with the same availability patterns for every path
+    counts = {m: {k: g["n"] for k, g in r["patterns"].items()} for m, r in runs.items()}
+    assert counts["baseline"] == counts["baseline [dense]"] == counts["mmp"] == counts[FOREST]
+    assert len(counts["baseline"]) >= 2  # the row's protocol masks a modality on part of the scene
+    assert "baseline [dense]" in (tmp_path / "eval" / "table.md").read_text()
+
+
+def test_variant_paths_follow_the_methods_dense_support() -> None:
+    baseline, mmp = MethodVariant.parse("baseline"), MethodVariant.parse("mmp")
+    assert variant_paths(baseline, "auto") == ["dense"] and variant_paths(baseline, "patch") == ["patch"]
+    assert variant_paths(baseline, "both") == ["patch", "dense"]
+    assert variant_paths(mmp, "dense") == ["patch"] and variant_paths(mmp, "both") == ["patch"]
+    with pytest.raises(ValueError, match="inference must be one of"):
+        variant_paths(baseline, "sparse")
