@@ -113,9 +113,11 @@ def label_raster(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, tar
 def epoch_crops(rows: np.ndarray, cols: np.ndarray, size: int, rng: np.random.Generator, step: int = 1) -> np.ndarray:
     """Top-left scene pixels (N, 2) of the cells, on a grid of ``size`` with a random offset, that hold a training pixel.
 
-    The offset is a multiple of ``step`` (the model's window: crops on the window grid need the least canvas padding).
+    With ``step`` the model's window W (``size`` a multiple of it), corners sit W/2 past the window grid:
+    the canvas then needs W/2 of padding on each side, (size + W)^2 pixels, not the (size + 2W)^2 of a
+    corner on the grid (a third less work per crop at size 32, W 8).
     """
-    offset = rng.integers(0, size // step, 2) * step
+    offset = rng.integers(0, size // step, 2) * step + step // 2
     cells = np.unique(np.stack([(rows + offset[0]) // size, (cols + offset[1]) // size], axis=1), axis=0)
     corners = cells * size - offset
     return corners[rng.permutation(len(corners))]

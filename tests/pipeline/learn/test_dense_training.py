@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.dense import plan_canvas
 from pipeline.config.catalog import Catalog, Protocol
 from pipeline.learn.dense_training import (
     DenseTrainingSettings,
@@ -74,6 +75,11 @@ def test_every_training_pixel_falls_in_one_crop_per_epoch() -> None:
              (cols[:, None] >= corners[:, 1]) & (cols[:, None] < corners[:, 1] + 32)
     assert (inside.sum(axis=1) == 1).all()
     assert inside.any(axis=0).all()  # no crop without a training pixel
+    # with the model's window as step, corners sit half a window past the grid: the least canvas per crop
+    on_grid = epoch_crops(rows, cols, 32, rng, step=8)
+    assert (on_grid % 8 == 4).all()
+    canvas = plan_canvas(torch.from_numpy(on_grid[:4]), 4, 32, 32, 8)
+    assert (canvas.height, canvas.width) == (40, 40)
 
 
 def _fit(catalog: Catalog, data, split, seed: int = 0) -> dict[str, torch.Tensor]:
