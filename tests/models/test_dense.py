@@ -177,3 +177,23 @@ def test_the_dense_path_leaves_the_patch_path_initialisation_alone(make_config, 
     available = torch.ones(4, 2, dtype=torch.bool)
     with torch.no_grad():
         assert torch.equal(dense.eval()(batch, available), other.eval()(batch, available))
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_running_blocks_a_few_windows_at_a_time_changes_nothing(make_config, method: str) -> None:
+    # one window row per call (and several crops) against the whole canvas in one call, in inference and in training
+    model = _model(make_config, method, window_size=4)
+    inputs, available = _crop(model, 23, 29, seed=4, batch=2)
+    origin = torch.tensor([[3, 7], [10, 1]])
+    results = {}
+    for chunk in (1, 10**9):
+        model.dense_chunk_tokens = chunk
+        model.zero_grad(set_to_none=True)
+        logits = model.forward_dense(inputs, available, origin)
+        logits.square().mean().backward()
+        results[chunk] = (logits.detach(), model.projection.window_position.grad.clone())
+        with torch.no_grad():
+            results[chunk] += (model.forward_dense(inputs, available, origin),)
+    for small, whole in zip(results[1], results[10**9]):
+        torch.testing.assert_close(small, whole, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results[1][0], results[1][2])
