@@ -6,7 +6,15 @@ Every epoch lays a grid of ``crop_size`` cells over the scene with a random
 offset; each cell holding a training pixel is a crop, and the crops are
 shuffled into batches of ``crops_per_batch``. The loss is the cross-entropy
 over the training pixels inside the crops (masked cross-entropy, FreeNet's
-GS^2 sampling); validation and test labels never enter a loss.
+GS^2 sampling); validation and test labels never enter a loss. A crop may
+read ``context`` pixels of scene around its cell (loss still on the cell only).
+
+The windows are anchored to the scene's grid, so a pixel always sits at the
+same position inside its window when mapped; in training every crop is told
+it starts at a jittered phase of that grid (``grid_jitter``), so each labelled
+pixel trains the model at every window position over the epochs, as a patch
+model trains its one centre position with every label (measured on the demo,
+eta-50 % row 100/50, seed 0, 4 epochs: 81.7 % held-out OA without, 85.4 % with).
 
 Missing-modality protocols become spatially coherent masks: each crop is cut
 into ``blobs`` regions, isotropic (like clouds) or parallel strips (like a
@@ -55,9 +63,14 @@ class DenseTrainingSettings:
     """Crop geometry of dense training (pixels).
 
     Args:
-        crop_size: side of a training crop; a multiple of the model's window size.
+        crop_size: side of a training cell; a multiple of the model's window size.
+        context: pixels of scene read around each cell (a multiple of the window), so that the cell's
+            labelled pixels see context as mapping's tiles do; the loss stays on the cell's pixels.
         crops_per_batch: crops per optimiser step.
-        blobs: regions per crop in the simulated missing-modality masks.
+        grid_jitter: tell the model each crop sits at a random phase of the window grid (a new one every
+            epoch), so a labelled pixel trains every position inside a window, not only its own ``r mod W``.
+            Mapping keeps the scene's grid (phase 0), so tiles stay invariant.
+        blobs: regions per cell (crop_size^2 pixels) in the simulated missing-modality masks.
         strip_fraction: share of crops whose regions are parallel strips rather than blobs.
         val_tile: tile side used to classify validation pixels.
         val_every: validate after the first epoch, every this many, and after the last (a validation pass
@@ -65,7 +78,9 @@ class DenseTrainingSettings:
     """
 
     crop_size: int = 32
+    context: int = 0
     crops_per_batch: int = 8
+    grid_jitter: bool = True
     blobs: int = 8
     strip_fraction: float = 0.5
     val_tile: int = 128
@@ -121,6 +136,28 @@ def epoch_crops(rows: np.ndarray, cols: np.ndarray, size: int, rng: np.random.Ge
     cells = np.unique(np.stack([(rows + offset[0]) // size, (cols + offset[1]) // size], axis=1), axis=0)
     corners = cells * size - offset
     return corners[rng.permutation(len(corners))]
+
+
+def told_origins(corners: np.ndarray, window: int) -> np.ndarray:
+    """Where the model is told crops starting at ``corners`` start: the next pixel half a window past the grid.
+
+    That needs the least canvas, and as the cell offset is random every epoch, the
+    shift moves each pixel to another position inside its window (grid jitter).
+    """
+    return corners + (window // 2 - corners) % window
+
+
+def crop_targets(labels: np.ndarray, pad: int, corners: np.ndarray, cell: int, context: int) -> np.ndarray:
+    """Targets (B, size, size) of crops with top-left scene pixels ``corners`` (context included).
+
+    ``labels`` is the label raster padded by ``pad``; a crop's pixels outside its
+    central ``cell`` x ``cell`` are -1 (ignored), so each labelled pixel counts in one crop only.
+    """
+    size = cell + 2 * context
+    out = np.stack([labels[r + pad : r + pad + size, c + pad : c + pad + size] for r, c in corners])
+    inner = np.full((size, size), -1, dtype=out.dtype)
+    inner[context : context + cell, context : context + cell] = 0
+    return np.where(inner == 0, out, -1)
 
 
 def region_patterns(protocol: Protocol, count: int, modalities: list[str], seed: int, generator: torch.Generator) -> np.ndarray:
@@ -236,13 +273,14 @@ def fit_dense(
 
     settings = settings or DenseTrainingSettings()
     window = int(getattr(model, "window_size", 0) or 0)
-    if not model.supports_dense or settings.crop_size % window:
-        raise ValueError(f"dense training needs a dense model and a crop size that is a multiple of its window ({window})")
+    if not model.supports_dense or settings.crop_size % window or settings.context % window:
+        raise ValueError(f"dense training needs a dense model, and a crop size and context that are multiples of its window ({window})")
     device = pick_device()
     dtype = autocast_dtype(device, precision)
     model.to(device)
     modalities = model.config.modalities
-    size = settings.crop_size
+    cell, context = settings.crop_size, settings.context
+    size = cell + 2 * context  # what each crop reads; labels only in its central cell
     scene = SceneArrays.read(ds, modalities, stats, pad=max(size, model.receptive_radius))
     labels = label_raster((scene.height, scene.width), split.train_rows, split.train_cols, split.train_targets)
     labels = np.pad(labels, scene.pad, constant_values=-1)
@@ -252,7 +290,8 @@ def fit_dense(
     lr = training.lr if training.lr is not None else defaults.lr
     wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
     clip = getattr(training, "grad_clip", None)
-    crops_per_epoch = len(epoch_crops(split.train_rows, split.train_cols, size, np.random.default_rng(seed), window))
+    crops_per_epoch = len(epoch_crops(split.train_rows, split.train_cols, cell, np.random.default_rng(seed), window))
+    regions = round(settings.blobs * (size / cell) ** 2)  # regions of the same area whatever the context
     history: list[dict[str, Any]] = []
     for stage in model.stages():
         params = model.configure_stage(stage)
@@ -267,9 +306,10 @@ def fit_dense(
         bar = tqdm(total=total, desc=f"train {model.config.method}/{stage} (dense)", disable=not progress, leave=False)
         for epoch in range(training.epochs):
             model.train()
-            corners = epoch_crops(split.train_rows, split.train_cols, size, rng, window)
-            patterns = region_patterns(protocol, len(corners) * settings.blobs, modalities, seed * 100003 + epoch, generator)
-            patterns = patterns.reshape(len(corners), settings.blobs, len(modalities))
+            corners = epoch_crops(split.train_rows, split.train_cols, cell, rng, 1 if settings.grid_jitter else window) - context
+            origins = told_origins(corners, window) if settings.grid_jitter else corners
+            patterns = region_patterns(protocol, len(corners) * regions, modalities, seed * 100003 + epoch, generator)
+            patterns = patterns.reshape(len(corners), regions, len(modalities))
             losses = []
             for start in range(0, len(corners), settings.crops_per_batch):
                 if step >= total:
@@ -278,9 +318,8 @@ def fit_dense(
                 inputs, real = scene.crops(batch[:, 0], batch[:, 1], size)
                 masks = coherent_masks(patterns[start : start + len(batch)], size, settings.strip_fraction, rng)
                 avail = training_availability(real, masks)
-                p = scene.pad
-                targets = torch.from_numpy(np.stack([labels[r + p : r + p + size, c + p : c + p + size] for r, c in batch]))
-                origin = torch.from_numpy(batch.astype(np.int64))
+                targets = torch.from_numpy(crop_targets(labels, scene.pad, batch, cell, context))
+                origin = torch.from_numpy(origins[start : start + len(batch)].astype(np.int64))
                 with autocast(device, dtype):
                     logits = model.forward_dense({m: v.to(device) for m, v in inputs.items()}, avail.to(device), origin)
                 loss = torch.nn.functional.cross_entropy(logits.float(), targets.to(device), ignore_index=-1)

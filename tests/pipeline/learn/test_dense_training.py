@@ -14,10 +14,13 @@ from pipeline.config.catalog import Catalog, Protocol
 from pipeline.learn.dense_training import (
     DenseTrainingSettings,
     coherent_masks,
+    crop_targets,
     epoch_crops,
     fit_dense,
+    label_raster,
     region_patterns,
     scene_mask,
+    told_origins,
     training_availability,
 )
 from pipeline.learn.training import model_config_for, prepare_training_data
@@ -80,6 +83,36 @@ def test_every_training_pixel_falls_in_one_crop_per_epoch() -> None:
     assert (on_grid % 8 == 4).all()
     canvas = plan_canvas(torch.from_numpy(on_grid[:4]), 4, 32, 32, 8)
     assert (canvas.height, canvas.width) == (40, 40)
+
+
+def test_with_context_each_labelled_pixel_counts_in_one_crop_only() -> None:
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, 90, 40), rng.integers(0, 120, 40)
+    targets = rng.integers(0, 5, 40)
+    pad, cell, context = 48, 16, 8
+    labels = np.pad(label_raster((90, 120), rows, cols, targets), pad, constant_values=-1)
+    corners = epoch_crops(rows, cols, cell, rng, step=8) - context
+    crops = crop_targets(labels, pad, corners, cell, context)
+    assert crops.shape == (len(corners), 32, 32)
+    assert (crops >= 0).sum() == len(rows)  # every training pixel once, none twice through a neighbour's context
+    assert sorted(crops[crops >= 0].tolist()) == sorted(targets.tolist())
+    assert (crops[:, :context] == -1).all() and (crops[:, :, -context:] == -1).all()
+
+
+def test_grid_jitter_moves_a_pixel_through_its_window_from_epoch_to_epoch() -> None:
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 90, 40), rng.integers(0, 120, 40)
+    positions = set()
+    for _ in range(12):
+        corners = epoch_crops(rows, cols, 32, rng, step=1)
+        origins = told_origins(corners, 8)
+        assert (origins % 8 == 4).all() and ((origins - corners) >= 0).all() and ((origins - corners) < 8).all()
+        # the window position the model sees for training pixel 0, in the crop that holds it
+        holder = np.flatnonzero((corners[:, 0] <= rows[0]) & (rows[0] < corners[:, 0] + 32)
+                                & (corners[:, 1] <= cols[0]) & (cols[0] < corners[:, 1] + 32))[0]
+        seen = (np.array([rows[0], cols[0]]) - corners[holder] + origins[holder]) % 8
+        positions.add(tuple(seen.tolist()))
+    assert len(positions) >= 6  # without jitter it is always (rows[0] % 8, cols[0] % 8)
 
 
 def _fit(catalog: Catalog, data, split, seed: int = 0) -> dict[str, torch.Tensor]:
