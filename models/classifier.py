@@ -12,6 +12,10 @@ Common ``config.params``:
         ``models.backbone.uses_quick_gelu``).
     window_size: side in pixels of the dense path's attention windows (even;
         default 8); only classes with ``supports_dense`` use it (see ``models.dense``).
+    dense_readout: what the dense path's head reads at a pixel: ``"patch_mean"``
+        (default) each modality's output tokens averaged over the P x P
+        neighbourhood, as the patch path's head reads the mean of its patch's
+        tokens; ``"pixel"`` the pixel's own tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from models.registry import available_methods, method_class
 
 log = logging.getLogger(__name__)
 
-COMMON_PARAMS: dict[str, Any] = {"missing_tokens": "zero", "freeze_backbone": None, "quick_gelu": None, "window_size": 8}
+COMMON_PARAMS: dict[str, Any] = {
+    "missing_tokens": "zero", "freeze_backbone": None, "quick_gelu": None, "window_size": 8, "dense_readout": "patch_mean",
+}
+DENSE_READOUTS = ("patch_mean", "pixel")
 
 
 class PatchTransformerClassifier(MissingModalityClassifier):
@@ -53,6 +60,9 @@ class PatchTransformerClassifier(MissingModalityClassifier):
             config.modalities, config.bands, config.patch_size, width, self.params["missing_tokens"], self.window_size
         )
         self.head = nn.Linear(len(config.modalities) * width, config.num_classes)
+        self.dense_readout = str(self.params["dense_readout"])
+        if self.dense_readout not in DENSE_READOUTS:
+            raise ValueError(f"dense_readout must be one of {DENSE_READOUTS}, got {self.dense_readout!r}")
         freeze = self.params["freeze_backbone"]
         self.backbone_frozen = config.pretrained is not None if freeze is None else bool(freeze)
         self.backbone.requires_grad_(not self.backbone_frozen)
@@ -89,7 +99,12 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         """Pixels around a pixel that its dense logits can depend on: the tile halo mapping reads."""
         if self.window_size is None:
             raise NotImplementedError(f"{type(self).__name__} has no dense path")
-        return dense.receptive_radius(self.backbone.layers, self.window_size)
+        return dense.receptive_radius(self.backbone.layers, self.window_size) + self.readout_radius
+
+    @property
+    def readout_radius(self) -> int:
+        """Pixels the dense readout averages over on each side (P // 2 for ``patch_mean``, 0 for ``pixel``)."""
+        return self.config.patch_size // 2 if self.dense_readout == "patch_mean" else 0
 
     dense_chunk_tokens: int = 8192
     """Tokens per call of a block on the dense path (whole windows); a speed knob only: results do not depend on it."""
@@ -98,6 +113,12 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W); see ``models.dense``."""
         features = self.dense_features(inputs, available, origin)  # (B, M, width, H, W)
         b, m, c, h, w = features.shape
+        if self.readout_radius:
+            # the mean over each pixel's P x P neighbourhood (inside the crop: a tile's halo covers the rest)
+            size = 2 * self.readout_radius + 1
+            pooled = nn.functional.avg_pool2d(features.reshape(b, m * c, h, w).float(), size, stride=1,
+                                              padding=self.readout_radius, count_include_pad=False)
+            features = pooled.to(features.dtype).view(b, m, c, h, w)
         pixels = features.permute(0, 3, 4, 1, 2).reshape(b, h, w, m * c)
         return self.head(pixels).permute(0, 3, 1, 2)
 

@@ -81,8 +81,18 @@ def test_dense_forward_equals_a_per_window_reference(make_config, method: str) -
     assert got.shape == (1, 2, model.backbone.width, height, width)
     inner = (..., slice(radius, height - radius), slice(radius, width - radius))
     torch.testing.assert_close(got[inner], expected[inner], atol=2e-5, rtol=1e-4)
-    head = model.head(got.permute(0, 3, 4, 1, 2).reshape(1, height, width, -1)).permute(0, 3, 1, 2)
-    torch.testing.assert_close(logits, head)
+    # the readout: each modality's tokens averaged over the pixel's P x P neighbourhood, then the head
+    k = model.config.patch_size // 2
+    assert model.readout_radius == k and model.receptive_radius == receptive_radius(model.backbone.layers, 4) + k
+    for r, c in [(k, k), (height // 2, width // 2), (height - 1 - k, width - 1 - k)]:
+        mean = got[0, :, :, r - k : r + k + 1, c - k : c + k + 1].mean(dim=(-1, -2)).reshape(-1)
+        torch.testing.assert_close(logits[0, :, r, c], model.head(mean), atol=1e-5, rtol=1e-4)
+    pixel = _model(make_config, method, window_size=4, dense_readout="pixel")
+    with torch.no_grad():
+        own = pixel.dense_features(inputs, available, torch.tensor([origin]))
+        head = pixel.head(own.permute(0, 3, 4, 1, 2).reshape(1, height, width, -1)).permute(0, 3, 1, 2)
+        torch.testing.assert_close(pixel.forward_dense(inputs, available, torch.tensor([origin])), head)
+    assert pixel.receptive_radius == receptive_radius(pixel.backbone.layers, 4)
 
 
 def test_receptive_radius_is_bounded_by_the_window_grid() -> None:
