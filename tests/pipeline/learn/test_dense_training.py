@@ -104,7 +104,7 @@ def test_grid_jitter_moves_a_pixel_through_its_window_from_epoch_to_epoch() -> N
     rows, cols = rng.integers(0, 90, 40), rng.integers(0, 120, 40)
     positions = set()
     for _ in range(12):
-        corners = epoch_crops(rows, cols, 32, rng, step=1)
+        corners = epoch_crops(rows, cols, 32, rng, step=1)  # what fit_dense draws with grid_jitter
         origins = told_origins(corners, 8)
         assert (origins % 8 == 4).all() and ((origins - corners) >= 0).all() and ((origins - corners) < 8).all()
         # the window position the model sees for training pixel 0, in the crop that holds it
