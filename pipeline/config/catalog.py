@@ -341,8 +341,9 @@ class Model(_Section):
     params: dict[str, Any] = Field(default_factory=dict, description="method hyper-parameters")
     precision: Literal["float32", "bfloat16", "auto"] = "auto"
     inference: Literal["auto", "dense", "patch"] = Field(
-        default="auto", description="mapping path: 'dense' (one pass per tile), 'patch' (a patch per pixel), "
-        "'auto' (dense where the method has it)")
+        default="auto", description="training and mapping path: 'dense' (crops in training, one pass per tile in "
+        "mapping; baseline and MaMOL), 'patch' (a patch per pixel), 'auto' (train on patches; map on the path the "
+        "checkpoint was trained on)")
 
     @field_validator("patch_size")
     @classmethod

@@ -90,7 +90,7 @@ def map_scene(
 
     The checkpoint is checked against the scene store (modalities, bands, class table) before any
     tile is submitted: a mismatch is a :class:`~pipeline.config.errors.CheckpointError`.
-    ``inference`` is catalog ``model.inference``: ``auto`` (dense where the checkpoint's method has it), ``dense`` or ``patch``.
+    ``inference`` is catalog ``model.inference``: ``auto`` (the path the checkpoint was trained on), ``dense`` or ``patch``.
     """
     started = time.perf_counter()
     scene = xr.open_zarr(url(scene_store), **zarr_kwargs(scene_store))

@@ -123,13 +123,13 @@ INFERENCE_CHOICES = ("auto", "dense", "patch", "both")
 def variant_paths(variant: MethodVariant, inference: str) -> list[str]:
     """The paths (``patch``, ``dense``) a variant is trained and tested on.
 
-    ``auto`` and ``dense`` follow mapping: dense for a method with the dense
-    path, patch otherwise; ``patch`` always patch; ``both`` runs a dense-capable
-    method twice, side by side on the same split, masks and seed.
+    They follow training: ``dense`` is dense for a method with the dense path,
+    patch otherwise; ``auto`` and ``patch`` are patch; ``both`` runs a
+    dense-capable method twice, side by side on the same split, masks and seed.
     """
     if inference not in INFERENCE_CHOICES:
         raise ValueError(f"inference must be one of {INFERENCE_CHOICES}, got {inference!r}")
-    if inference == "patch" or not method_class(variant.method).supports_dense:
+    if inference in ("auto", "patch") or not method_class(variant.method).supports_dense:
         return ["patch"]
     return ["patch", "dense"] if inference == "both" else ["dense"]
 

@@ -78,7 +78,7 @@ def test_run_writes_georeferenced_outputs(reference: tuple[Path, list]) -> None:
     # 'auto' is bf16 only where this CPU has bf16 units; every tile says what it ran.
     expected = "bfloat16" if cpu_has_native_bf16() else "float32"
     assert mapping["precision"] == {"catalog": "auto", "tiles": {expected: 10}}
-    assert mapping["inference"] == {"catalog": "auto", "path": "dense"}  # MaMOL has the dense path
+    assert mapping["inference"] == {"catalog": "dense", "path": "dense"}  # the demo catalog asks for it
 
 
 def test_precision_auto_follows_the_hardware(caplog: pytest.LogCaptureFixture) -> None:
@@ -99,7 +99,7 @@ def test_run_writes_the_web_map_and_lists_it(reference: tuple[Path, list]) -> No
 
 
 def test_same_map_whatever_the_tile_size_and_worker_count(trained_demo, reference, tmp_path: Path) -> None:
-    # the reference ran the dense path (model.inference auto): halo = the receptive radius
+    # the reference ran the dense path (the demo catalog's model.inference: dense): halo = the receptive radius
     ref_out, _ = reference
     expected = _class_map(ref_out)
     for tile, workers in ((16, 2), (64, 1)):
