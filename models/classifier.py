@@ -113,14 +113,16 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W); see ``models.dense``."""
         features = self.dense_features(inputs, available, origin)  # (B, M, width, H, W)
         b, m, c, h, w = features.shape
-        if self.readout_radius:
-            # the mean over each pixel's P x P neighbourhood (inside the crop: a tile's halo covers the rest)
-            size = 2 * self.readout_radius + 1
-            pooled = nn.functional.avg_pool2d(features.reshape(b, m * c, h, w).float(), size, stride=1,
-                                              padding=self.readout_radius, count_include_pad=False)
-            features = pooled.to(features.dtype).view(b, m, c, h, w)
-        pixels = features.permute(0, 3, 4, 1, 2).reshape(b, h, w, m * c)
-        return self.head(pixels).permute(0, 3, 1, 2)
+        logits = self.head(features.permute(0, 3, 4, 1, 2).reshape(b, h, w, m * c)).permute(0, 3, 1, 2)
+        if not self.readout_radius:
+            return logits
+        # patch_mean: the head of the mean over each pixel's P x P neighbourhood (inside the crop: a tile's halo
+        # covers the rest). The head is affine, so that is the mean of the per-pixel logits: K channels to
+        # average, not M * width; as two 1-D means (rows, then columns), the same mean over the in-crop rectangle
+        k, size = self.readout_radius, 2 * self.readout_radius + 1
+        pooled = nn.functional.avg_pool2d(logits.float(), (size, 1), stride=1, padding=(k, 0), count_include_pad=False)
+        pooled = nn.functional.avg_pool2d(pooled, (1, size), stride=1, padding=(0, k), count_include_pad=False)
+        return pooled.to(logits.dtype)
 
     def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
         """Per-pixel, per-modality output tokens (B, M, width, H, W) after ``ln_post``, before the head."""
