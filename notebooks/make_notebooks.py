@@ -216,12 +216,13 @@ import numpy as np
 table = results["table"]
 settings = results["settings"]
 fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(settings)), 3.5))
-width = 0.8 / len(METHODS)
-for i, method in enumerate(METHODS):
+labels = results["methods"]  # as evaluated: "mamol [dense]" where the catalog asks for the dense path, and the floor
+width = 0.8 / len(labels)
+for i, method in enumerate(labels):
     oa = [next((100 * e["oa_mean"] for e in table if e["setting"] == s and e["method"] == method), np.nan)
           for s in settings]
     ax.bar(np.arange(len(settings)) + i * width, oa, width, label=method)
-ax.set_xticks(np.arange(len(settings)) + width * (len(METHODS) - 1) / 2, settings, fontsize=8)
+ax.set_xticks(np.arange(len(settings)) + width * (len(labels) - 1) / 2, settings, fontsize=8)
 ax.set(ylabel="OA (%)", ylim=(0, 100), title=f"{PROTOCOL} on {results['scene']}")
 ax.legend()
 display(fig)  # explicit, and %matplotlib inline above: pipeline.train/evaluate switch matplotlib to Agg
