@@ -297,6 +297,23 @@ class Protocol(_Section):
     rates: dict[str, float] | None = None
 
 
+class DenseCrops(_Section):
+    """How the dense path trains (``model.inference: dense``): crops of the scene around the training pixels.
+
+    ``crop_size`` and ``context`` are pixels and must be multiples of the model's window
+    (``model.params.window_size``, 8 by default); see ``pipeline.learn.dense_training``.
+    """
+
+    crop_size: int = Field(default=32, ge=2, description="side of a training cell; the loss is on its labelled pixels")
+    context: int = Field(default=0, ge=0, description="pixels of scene read around each cell (no loss on them)")
+    crops_per_batch: int = Field(default=8, ge=1, description="crops per optimiser step")
+    grid_jitter: bool = Field(default=False, description="tell each crop a random phase of the window grid every epoch")
+    blobs: int = Field(default=8, ge=1, description="regions per cell in the simulated missing-modality masks")
+    strip_fraction: float = Field(default=0.5, ge=0, le=1, description="share of crops masked in strips, not blobs")
+    val_tile: int = Field(default=128, ge=8, description="tile side used to classify validation pixels")
+    val_every: int = Field(default=5, ge=1, description="epochs between validation passes (and the first and last)")
+
+
 class Training(_Section):
     samples_per_class: int | dict[str, int] | None = Field(
         default=100, description="training pixels per class (one number, or per class name)"
@@ -314,6 +331,7 @@ class Training(_Section):
     grad_clip: float | None = Field(default=1.0, gt=0, description="gradient norm clip per step (none: no clipping)")
     max_steps: int | None = None
     protocol: Protocol = Field(default_factory=Protocol)
+    dense: DenseCrops = Field(default_factory=DenseCrops)
 
 
 class Pretrain(_Section):

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from models.base import MissingModalityClassifier
 from models.masking import mmp_mask
-from pipeline.config.catalog import Protocol
+from pipeline.config.catalog import DenseCrops, Protocol
 from pipeline.data.patches import NormStats, Window, normalise_window, pixel_windows, read_window
 from pipeline.devices import autocast, autocast_dtype, pick_device
 from pipeline.learn.protocols import protocol_availability
@@ -63,35 +63,6 @@ def trains_dense(requested_inference: str, model: MissingModalityClassifier) -> 
     scene, the dense path did not hold the patch path's accuracy (docs/accuracy.md).
     """
     return requested_inference == "dense" and model.supports_dense
-
-
-@dataclass(frozen=True)
-class DenseTrainingSettings:
-    """Crop geometry of dense training (pixels).
-
-    Args:
-        crop_size: side of a training cell; a multiple of the model's window size.
-        context: pixels of scene read around each cell (a multiple of the window), so that the cell's
-            labelled pixels see context as mapping's tiles do; the loss stays on the cell's pixels.
-        crops_per_batch: crops per optimiser step.
-        grid_jitter: tell the model each crop sits at a random phase of the window grid (a new one every
-            epoch), so a labelled pixel trains every position inside a window, not only its own ``r mod W``.
-            Mapping keeps the scene's grid (phase 0), so tiles stay invariant. Off by default (see above).
-        blobs: regions per cell (crop_size^2 pixels) in the simulated missing-modality masks.
-        strip_fraction: share of crops whose regions are parallel strips rather than blobs.
-        val_tile: tile side used to classify validation pixels.
-        val_every: validate after the first epoch, every this many, and after the last (a validation pass
-            classifies tiles around every validation pixel: on a sparse split, most of the scene).
-    """
-
-    crop_size: int = 32
-    context: int = 0
-    crops_per_batch: int = 8
-    grid_jitter: bool = False
-    blobs: int = 8
-    strip_fraction: float = 0.5
-    val_tile: int = 128
-    val_every: int = 5
 
 
 @dataclass
@@ -268,20 +239,22 @@ def fit_dense(
     seed: int,
     progress: bool = True,
     precision: str = "auto",
-    settings: DenseTrainingSettings | None = None,
+    settings: DenseCrops | None = None,
 ) -> list[dict[str, float]]:
     """Train every stage of ``model`` in place on crops of ``ds`` around ``split``'s training pixels.
 
     ``training`` is the catalog's training section (epochs, lr, weight decay,
-    warm-up, max_steps, grad_clip); ``split`` holds train/val rows, cols and
-    targets (class indices). Returns one history row per epoch.
+    warm-up, max_steps, grad_clip, and ``dense``: the crops, unless ``settings``
+    says otherwise); ``split`` holds train/val rows, cols and targets (class
+    indices). Returns one history row per epoch.
     """
     from pipeline.learn.training import linear_warmup_decay
 
-    settings = settings or DenseTrainingSettings()
+    settings = settings or getattr(training, "dense", None) or DenseCrops()
     window = int(getattr(model, "window_size", 0) or 0)
     if not model.supports_dense or settings.crop_size % window or settings.context % window:
-        raise ValueError(f"dense training needs a dense model, and a crop size and context that are multiples of its window ({window})")
+        raise ValueError(f"training.dense: crop_size ({settings.crop_size}) and context ({settings.context}) must be "
+                         f"multiples of the model's window_size ({window}), and the method must have the dense path")
     device = pick_device()
     dtype = autocast_dtype(device, precision)
     model.to(device)

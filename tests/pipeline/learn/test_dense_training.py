@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from models.dense import plan_canvas
-from pipeline.config.catalog import Catalog, Protocol
+from pipeline.config.catalog import Catalog, DenseCrops, Protocol
 from pipeline.learn.dense_training import (
-    DenseTrainingSettings,
     coherent_masks,
     crop_targets,
     epoch_crops,
@@ -122,7 +121,7 @@ def _fit(catalog: Catalog, data, split, seed: int = 0) -> dict[str, torch.Tensor
     model = build_model(model_config_for(catalog, catalog.scenes[0], data.ds))
     training = SimpleNamespace(epochs=1, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=2, grad_clip=1.0)
     fit_dense(model, data.ds, data.stats, split, training, Protocol(kind="eta", eta=0.5), seed, progress=False,
-              precision="float32", settings=DenseTrainingSettings(crop_size=16, crops_per_batch=4, val_tile=256))
+              precision="float32", settings=DenseCrops(crop_size=16, crops_per_batch=4, val_tile=256))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -153,7 +152,7 @@ def test_dense_training_learns_the_small_demo(demo_catalog: Catalog) -> None:
     torch.manual_seed(0)
     model = build_model(model_config_for(demo_catalog, scene, data.ds))
     training = SimpleNamespace(epochs=8, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=None, grad_clip=1.0)
-    settings = DenseTrainingSettings(crop_size=16, crops_per_batch=8)
+    settings = DenseCrops(crop_size=16, crops_per_batch=8)
     fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0, progress=False, settings=settings)
     split = data.split
     arrays = SceneArrays.read(data.ds, data.modalities, data.stats, model.receptive_radius)
