@@ -153,7 +153,8 @@ def flops_per_pixel(loaded: LoadedClassifier, ds: xr.Dataset, dense: bool, tile:
         if dense:
             size = tile + 2 * model.receptive_radius
             inputs = {m: torch.randn(1, c, size, size, generator=g) for m, c in zip(cfg.modalities, cfg.bands)}
-            model.forward_dense(inputs, torch.ones(1, len(cfg.modalities), size, size, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.long))
+            available = torch.ones(1, len(cfg.modalities), size, size, dtype=torch.bool)
+            model.forward_dense(inputs, available, torch.zeros(1, 2, dtype=torch.long), margin=model.receptive_radius)
             pixels = tile * tile
         else:
             p = cfg.patch_size

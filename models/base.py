@@ -95,8 +95,9 @@ class MissingModalityClassifier(nn.Module):
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
-        """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W), where ``supports_dense``."""
+    def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
+                      margin: int = 0) -> Tensor:
+        """Logits (B, K, H - 2 margin, W - 2 margin) for the pixels of crops (B, C_m, H, W), where ``supports_dense``."""
         raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
 
     @property

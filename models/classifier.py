@@ -109,27 +109,36 @@ class PatchTransformerClassifier(MissingModalityClassifier):
     dense_chunk_tokens: int = 8192
     """Tokens per call of a block on the dense path (whole windows); a speed knob only: results do not depend on it."""
 
-    def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
-        """Logits (B, K, H, W) for every pixel of crops (B, C_m, H, W); see ``models.dense``."""
-        features = self.dense_features(inputs, available, origin)  # (B, M, width, H, W)
+    def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
+                      margin: int = 0) -> Tensor:
+        """Logits (B, K, H - 2 margin, W - 2 margin) for the pixels of crops (B, C_m, H, W); see ``models.dense``."""
+        h, w = available.shape[-2:]
+        if margin < 0 or 2 * margin >= min(h, w):
+            raise ValueError(f"margin must be >= 0 and leave pixels of a {h} x {w} crop, got {margin}")
+        k = self.readout_radius
+        inner = max(0, margin - k)  # the readout reads k pixels past each wanted one
+        features = self.dense_features(inputs, available, origin, inner)  # (B, M, width, H', W')
         b, m, c, h, w = features.shape
         logits = self.head(features.permute(0, 3, 4, 1, 2).reshape(b, h, w, m * c)).permute(0, 3, 1, 2)
-        if not self.readout_radius:
-            return logits
-        # patch_mean: the head of the mean over each pixel's P x P neighbourhood (inside the crop: a tile's halo
-        # covers the rest). The head is affine, so that is the mean of the per-pixel logits: K channels to
-        # average, not M * width; as two 1-D means (rows, then columns), the same mean over the in-crop rectangle
-        k, size = self.readout_radius, 2 * self.readout_radius + 1
-        pooled = nn.functional.avg_pool2d(logits.float(), (size, 1), stride=1, padding=(k, 0), count_include_pad=False)
-        pooled = nn.functional.avg_pool2d(pooled, (1, size), stride=1, padding=(0, k), count_include_pad=False)
-        return pooled.to(logits.dtype)
+        if k:
+            # patch_mean: the head of the mean over each pixel's P x P neighbourhood (inside the crop: a tile's halo
+            # covers the rest). The head is affine, so that is the mean of the per-pixel logits: K channels to
+            # average, not M * width; as two 1-D means (rows, then columns), the same mean over the in-crop rectangle
+            size = 2 * k + 1
+            pooled = nn.functional.avg_pool2d(logits.float(), (size, 1), stride=1, padding=(k, 0), count_include_pad=False)
+            logits = nn.functional.avg_pool2d(pooled, (1, size), stride=1, padding=(0, k), count_include_pad=False).to(logits.dtype)
+        cut = margin - inner
+        return logits[:, :, cut : h - cut, cut : w - cut] if cut else logits
 
-    def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
-        """Per-pixel, per-modality output tokens (B, M, width, H, W) after ``ln_post``, before the head."""
+    def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
+                       margin: int = 0) -> Tensor:
+        """Per-pixel, per-modality output tokens (B, M, width, H - 2 margin, W - 2 margin) after ``ln_post``."""
         if self.window_size is None:
             raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
         self.check_dense_inputs(inputs, available)
         b, _, h, w = available.shape
+        if margin < 0 or 2 * margin >= min(h, w):
+            raise ValueError(f"margin must be >= 0 and leave pixels of a {h} x {w} crop, got {margin}")
         window = self.window_size
         canvas = dense.plan_canvas(origin, b, h, w, window)
         x = self.backbone.ln_pre(self.projection.dense(inputs, available, canvas))  # (B, Hc, Wc, M, width)
@@ -137,14 +146,19 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         # each token's own pixel pattern, laid out like the tokens: (B, Hc, Wc, M tokens, M modalities)
         pixel = dense.place(available, canvas, False).permute(0, 2, 3, 1)
         token_avail = pixel.unsqueeze(3).expand(-1, -1, -1, m, -1)
+        depth = len(self.backbone.blocks)
+        # the windows each block computes: those the wanted pixels (the crops without their margin) depend on
+        row_spans = dense.needed_windows(min(canvas.top) + margin, max(canvas.top) + h - margin, canvas.height, depth, window)
+        col_spans = dense.needed_windows(min(canvas.left) + margin, max(canvas.left) + w - margin, canvas.width, depth, window)
         for index, block in enumerate(self.backbone.blocks):
             shift = dense.block_shift(index, window)
             rows, cols = dense.shifted_region(canvas.height, canvas.width, shift)
             # without autograd the windows are written back where they were read (they are disjoint)
             out = x.clone() if torch.is_grad_enabled() else x
-            source = dense.window_grid(x[:, rows, cols], window)  # (B, nh, nw, W, W, M, width), a view
-            target = dense.window_grid(out[:, rows, cols], window)
-            pattern = dense.window_grid(token_avail[:, rows, cols], window)
+            spans = (slice(None), row_spans[index], col_spans[index])
+            source = dense.window_grid(x[:, rows, cols], window)[spans]  # (B, nh, nw, W, W, M, width), a view
+            target = dense.window_grid(out[:, rows, cols], window)[spans]
+            pattern = dense.window_grid(token_avail[:, rows, cols], window)[spans]
             nh, nw = source.shape[1:3]
             # a few rows of windows at a time: every op of a block is per window, and pieces that stay
             # in the CPU's cache run the memory-bound half of a block (casts, norms, GELU, adds) fast
@@ -155,8 +169,10 @@ class PatchTransformerClassifier(MissingModalityClassifier):
                 context = self.block_context(pattern[crop_index, piece].reshape(seq.shape[0], seq.shape[1], -1))
                 target[crop_index, piece] = self.run_block(index, block, seq, context).view(shape)
             x = out
-        x = self.backbone.ln_post(dense.crop(x, canvas))  # (B, H, W, M, width)
-        return x.permute(0, 3, 4, 1, 2)
+        x = dense.crop(x, canvas)  # (B, H, W, M, width)
+        if margin:
+            x = x[:, margin : h - margin, margin : w - margin]
+        return self.backbone.ln_post(x).permute(0, 3, 4, 1, 2)
 
     def check_dense_inputs(self, inputs: dict[str, Tensor], available: Tensor) -> None:
         cfg = self.config

@@ -3,13 +3,17 @@
 A method that supports it (``supports_dense``: the baseline and MaMOL) offers,
 beside the patch forward::
 
-    logits   = model.forward_dense(inputs, available, origin)      # (B, K, H, W)
-    features = model.dense_features(inputs, available, origin)     # (B, M, width, H, W), before the head
+    logits   = model.forward_dense(inputs, available, origin, margin)       # (B, K, H - 2 margin, W - 2 margin)
+    features = model.dense_features(inputs, available, origin, margin)      # (B, M, width, ...), before the head
     canvas   = plan_canvas(origin, B, H, W, model.window_size)    # where the crops sit on the window grid
     tokens   = model.projection.dense(inputs, available, canvas)   # (B, H', W', M, width), the token embedding
     radius   = model.receptive_radius                               # the halo a tile needs (pixels)
 
 Args of ``forward_dense`` / ``dense_features``:
+    margin: pixels at every crop edge whose output is not wanted (a tile's halo):
+        the output is the crop's interior, (H - 2 margin, W - 2 margin), and the
+        blocks skip the windows that only the margin needs. The interior equals
+        the same pixels of a call without margin, bit for bit.
     inputs: modality name -> float (B, C_m, H, W), normalised; H and W are arbitrary.
     available: bool (B, M, H, W), per pixel; a missing pixel's values are never
         read (NaN there is harmless): its token is the zero (or dummy) token.
@@ -140,6 +144,26 @@ def window_grid(x: Tensor, window: int) -> Tensor:
 def row_chunks(batch: int, window_rows: int, rows_per_chunk: int) -> list[tuple[int, slice]]:
     """(crop, rows of windows) pieces that cover a (batch, window_rows) grid, ``rows_per_chunk`` rows each."""
     return [(b, slice(i, min(i + rows_per_chunk, window_rows))) for b in range(batch) for i in range(0, window_rows, rows_per_chunk)]
+
+
+def needed_windows(lo: int, hi: int, size: int, depth: int, window: int) -> list[slice]:
+    """Per block, the windows (indices along one canvas axis) that output pixels ``[lo, hi)`` depend on.
+
+    Walks back from the last block: a block computes the windows of its grid
+    (offset ``block_shift``) that overlap what the next block reads, and the
+    block before must then provide those windows' whole span. Windows outside
+    are never read by a wanted pixel, so skipping them changes no wanted output
+    (a tile's halo is mostly such windows in the last blocks).
+    """
+    spans: list[slice] = []
+    for index in reversed(range(depth)):
+        shift = block_shift(index, window)
+        count = (size - 2 * shift) // window
+        first = max(0, (lo - shift) // window)
+        last = min(count, -(-(hi - shift) // window))
+        spans.append(slice(first, max(first, last)))
+        lo, hi = shift + first * window, shift + max(first, last) * window
+    return spans[::-1]
 
 
 def shifted_region(height: int, width: int, shift: int) -> tuple[slice, slice]:

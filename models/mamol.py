@@ -170,9 +170,10 @@ class MaMOL(PatchTransformerClassifier):
         self.last_gates = {}
         return super().forward(inputs, available)
 
-    def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> Tensor:
+    def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
+                       margin: int = 0) -> Tensor:
         self.last_gates = {}
-        return super().dense_features(inputs, available, origin)
+        return super().dense_features(inputs, available, origin, margin)
 
     def block_context(self, available: Tensor) -> BlockContext:
         m_type = None if self.pattern_embedding is None else self.pattern_embedding(self.pattern_codes(available))

@@ -170,14 +170,13 @@ def classify_window_dense(ds: xr.Dataset, loaded: LoadedClassifier, window: Wind
     halo = model.receptive_radius
     data = read_window(ds, modalities, window, halo)
     norm = normalise_window(data, modalities, loaded.stats)
-    tile = (slice(halo, halo + window.height), slice(halo, halo + window.width))
-    pattern = pattern_code(data.available[:, tile[0], tile[1]], axis=0)
+    pattern = pattern_code(data.available[:, halo : halo + window.height, halo : halo + window.width], axis=0)
     device = loaded.device
     inputs = {m: torch.from_numpy(v).unsqueeze(0).to(device) for m, v in norm.items()}
     available = torch.from_numpy(data.available).unsqueeze(0).to(device)
     origin = torch.tensor([[window.row - halo, window.col - halo]])
     with autocast(loaded.device, loaded.dtype):
-        logits = model.forward_dense(inputs, available, origin)[0, :, tile[0], tile[1]]
+        logits = model.forward_dense(inputs, available, origin, margin=halo)[0]  # the tile, without its halo
     values, conf = logits_to_map(logits.permute(1, 2, 0), loaded)
     empty = pattern == 0
     values[empty] = CLASS_NODATA

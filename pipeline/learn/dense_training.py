@@ -126,16 +126,13 @@ def told_origins(corners: np.ndarray, window: int) -> np.ndarray:
 
 
 def crop_targets(labels: np.ndarray, pad: int, corners: np.ndarray, cell: int, context: int) -> np.ndarray:
-    """Targets (B, size, size) of crops with top-left scene pixels ``corners`` (context included).
+    """Targets (B, cell, cell) of the central cells of crops whose top-left scene pixels are ``corners`` (context included).
 
-    ``labels`` is the label raster padded by ``pad``; a crop's pixels outside its
-    central ``cell`` x ``cell`` are -1 (ignored), so each labelled pixel counts in one crop only.
+    ``labels`` is the label raster padded by ``pad``. Only the cells have targets (the model is asked
+    for their logits alone, ``margin=context``), so each labelled pixel counts in one crop only.
     """
-    size = cell + 2 * context
-    out = np.stack([labels[r + pad : r + pad + size, c + pad : c + pad + size] for r, c in corners])
-    inner = np.full((size, size), -1, dtype=out.dtype)
-    inner[context : context + cell, context : context + cell] = 0
-    return np.where(inner == 0, out, -1)
+    return np.stack([labels[r + pad + context : r + pad + context + cell, c + pad + context : c + pad + context + cell]
+                     for r, c in corners])
 
 
 def region_patterns(protocol: Protocol, count: int, modalities: list[str], seed: int, generator: torch.Generator) -> np.ndarray:
@@ -222,9 +219,9 @@ def predict_dense_at(
         avail = torch.from_numpy(scene.available[None, :, r0 : r0 + size_r, c0 : c0 + size_c]).to(device)
         origin = torch.tensor([[window.row - halo, window.col - halo]])
         with autocast(device, dtype):
-            logits = model.forward_dense(inputs, avail, origin)[0]
-        r = torch.from_numpy(rows[idx] - window.row + halo)
-        c = torch.from_numpy(cols[idx] - window.col + halo)
+            logits = model.forward_dense(inputs, avail, origin, margin=halo)[0]
+        r = torch.from_numpy(rows[idx] - window.row)
+        c = torch.from_numpy(cols[idx] - window.col)
         out[idx] = torch.softmax(logits[:, r, c].float().T, dim=-1).cpu().numpy()
     return out
 
@@ -301,7 +298,8 @@ def fit_dense(
                 targets = torch.from_numpy(crop_targets(labels, scene.pad, batch, cell, context))
                 origin = torch.from_numpy(origins[start : start + len(batch)].astype(np.int64))
                 with autocast(device, dtype):
-                    logits = model.forward_dense({m: v.to(device) for m, v in inputs.items()}, avail.to(device), origin)
+                    logits = model.forward_dense({m: v.to(device) for m, v in inputs.items()}, avail.to(device), origin,
+                                                 margin=context)  # the cells' logits; the context only feeds them
                 loss = torch.nn.functional.cross_entropy(logits.float(), targets.to(device), ignore_index=-1)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()

@@ -8,7 +8,7 @@ import torch
 from models import build_model
 from models.base import MissingModalityClassifier
 from models.classifier import PatchTransformerClassifier
-from models.dense import receptive_radius
+from models.dense import block_shift, needed_windows, receptive_radius
 
 DENSE_METHODS = ["baseline", "mamol"]
 
@@ -207,3 +207,41 @@ def test_running_blocks_a_few_windows_at_a_time_changes_nothing(make_config, met
     for small, whole in zip(results[1], results[10**9]):
         torch.testing.assert_close(small, whole, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(results[1][0], results[1][2])
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+@pytest.mark.parametrize("readout", ["patch_mean", "pixel"])
+def test_a_margin_gives_the_interior_of_the_whole_crop_bit_for_bit(make_config, method: str, readout: str) -> None:
+    # margins below, at and past the readout radius; two crops off the window grid; inference and gradients
+    model = _model(make_config, method, window_size=4, dense_readout=readout)
+    inputs, available = _crop(model, 37, 41, seed=6, batch=2)
+    origin = torch.tensor([[5, 2], [-3, 9]])
+    with torch.no_grad():
+        whole = model.forward_dense(inputs, available, origin)
+    for margin in (1, 2, 7, model.receptive_radius):
+        with torch.no_grad():
+            inner = model.forward_dense(inputs, available, origin, margin)
+        assert inner.shape[-2:] == (37 - 2 * margin, 41 - 2 * margin)
+        assert torch.equal(inner, whole[..., margin : 37 - margin, margin : 41 - margin])
+    model.zero_grad(set_to_none=True)
+    model.forward_dense(inputs, available, origin, 7).square().mean().backward()
+    trimmed = model.projection.window_position.grad.clone()
+    model.zero_grad(set_to_none=True)
+    model.forward_dense(inputs, available, origin)[..., 7:30, 7:34].square().mean().backward()
+    torch.testing.assert_close(trimmed, model.projection.window_position.grad, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="margin"):
+        model.forward_dense(inputs, available, origin, 19)
+
+
+def test_blocks_compute_only_the_windows_the_wanted_pixels_depend_on() -> None:
+    window, depth, size = 8, 4, 200
+    radius = receptive_radius(depth, window)
+    for pixel in (4, 60, 100, 131):
+        spans = needed_windows(pixel, pixel + 1, size, depth, window)
+        assert spans[-1].stop - spans[-1].start == 1  # the last block: the pixel's own window
+        shift = block_shift(0, window)
+        first, last = shift + spans[0].start * window, shift + spans[0].stop * window
+        assert first <= pixel - min(pixel, radius - window) and last >= pixel + 1 + radius - window
+        assert pixel - first <= radius + window and last - pixel <= radius + window
+        widths = [s.stop - s.start for s in spans]
+        assert widths == sorted(widths, reverse=True) and widths[0] < size // window
