@@ -22,7 +22,7 @@ SECTIONS = {
     "Source": "`source`", "Georeference": "`georeference`", "Grid": "`scenes[].grid`",
     "Availability": "`scenes[].availability`", "CloudMask": "`clouds[]`", "SensorFailure": "`failures[]`",
     "Labels": "`scenes[].labels`", "ClassInfo": "`classes[]`", "Model": "`model`", "Pretrain": "`model.pretrain`",
-    "Training": "`training`", "Protocol": "`training.protocol`", "Output": "`output`", "Cluster": "`cluster`",
+    "Training": "`training`", "Protocol": "`training.protocol`", "DenseCrops": "`training.dense`", "Output": "`output`", "Cluster": "`cluster`",
     "Storage": "`storage`",
 }
 
