@@ -33,7 +33,7 @@ from upath import UPath
 
 from pipeline.config.errors import CatalogError
 from pipeline.config.limits import MAX_CATALOG_BYTES, MAX_CATALOG_NODES, expanded_nodes
-from pipeline.config.params import check_model_params
+from pipeline.config.params import check_dense_crops, check_model_params
 from pipeline.storage import (
     CREDENTIAL_KEYS,
     READ_ONLY_SCHEMES,
@@ -541,6 +541,8 @@ def parse_catalog(data: Any, path: Location | None = None) -> Catalog:
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise CatalogError(path, key, expected + more, found_text) from None
     check_model_params(catalog.model.method, catalog.model.params, path)
+    dense = catalog.training.dense
+    check_dense_crops(catalog.model.method, catalog.model.params, dense.crop_size, dense.context, path)
     options = catalog.storage.fsspec_options()
     if path is not None and is_remote(path):
         catalog.path = as_location(str(path), options)

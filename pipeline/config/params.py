@@ -64,6 +64,16 @@ def check_model_params(method: str, params: dict[str, Any], catalog_file: Locati
         raise CatalogError(catalog_file, "model.params", f"at most {MAX_PARAMS_BYTES} bytes as JSON", f"{size} bytes")
 
 
+def check_dense_crops(method: str, params: dict[str, Any], crop_size: int, context: int, catalog_file: Location | None) -> None:
+    """Raise :class:`CatalogError` naming ``training.dense.<key>`` when a crop is not whole windows of the method's model."""
+    window = params.get("window_size", method_vocabularies().get(method, {}).get("window_size"))
+    if not isinstance(window, int) or window < 1:
+        return  # the method has no dense path (or its window is reported by the model itself)
+    for key, value in (("crop_size", crop_size), ("context", context)):
+        if value % window:
+            raise CatalogError(catalog_file, f"training.dense.{key}", f"a multiple of the model's window_size ({window})", str(value))
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

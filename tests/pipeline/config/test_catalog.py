@@ -118,6 +118,24 @@ def test_batch_pixels_auto_is_decided_per_device(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("model", "dense", "key", "expected"),
+    [
+        ({"method": "mamol"}, {"crop_size": 36}, "training.dense.crop_size", "a multiple of the model's window_size (8)"),
+        ({"method": "baseline", "params": {"window_size": 4}}, {"crop_size": 32, "context": 6},
+         "training.dense.context", "a multiple of the model's window_size (4)"),
+    ],
+)
+def test_dense_crops_must_be_whole_windows(tmp_path: Path, model, dense, key: str, expected: str) -> None:
+    data = minimal()
+    data["model"], data["training"] = model, {"dense": dense}
+    with pytest.raises(CatalogError) as err:
+        load_catalog(write(tmp_path, data))
+    assert str(err.value).startswith(f"{tmp_path / 'cat.yaml'}: {key}: expected {expected}")
+    data["training"] = {"dense": {"crop_size": 48, "context": 8}}
+    assert load_catalog(write(tmp_path, data)).training.dense.crop_size == 48
+
+
+@pytest.mark.parametrize(
     ("params", "key", "expected"),
     [
         ({"lora_rnak": 4}, "model.params.lora_rnak", "a parameter of mamol"),
