@@ -84,6 +84,9 @@ class MissingModalityClassifier(nn.Module):
     optimizer_defaults = OptimizerDefaults()
     supports_dense: bool = False
     """Whether the class offers ``forward_dense`` (one pass classifies every pixel of a crop; ``models.dense``)."""
+    dense_by_default: bool = False
+    """Whether catalog ``model.inference: auto`` trains (and so maps) this method on the dense path: set where
+    the dense path was measured to hold the patch path's accuracy (docs/accuracy.md), with ``supports_dense``."""
     masks_modalities_in_training = False
     """True when :meth:`training_availability` already draws protocol ``mmp``'s mask (MMP), so the trainer does not."""
 

@@ -138,6 +138,7 @@ class MaMOL(PatchTransformerClassifier):
 
     default_params = MAMOL_PARAMS
     supports_dense = True
+    dense_by_default = True  # within 1 point of the patch path or better at the catalogs' 15 epochs (docs/accuracy.md)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -360,8 +360,8 @@ class Model(_Section):
     precision: Literal["float32", "bfloat16", "auto"] = "auto"
     inference: Literal["auto", "dense", "patch"] = Field(
         default="auto", description="training and mapping path: 'dense' (crops in training, one pass per tile in "
-        "mapping; baseline and MaMOL), 'patch' (a patch per pixel), 'auto' (train on patches; map on the path the "
-        "checkpoint was trained on)")
+        "mapping; baseline and MaMOL), 'patch' (a patch per pixel), 'auto' (train on the method's default path: dense "
+        "for MaMOL, patches for the others; map on the path the checkpoint was trained on)")
 
     @field_validator("patch_size")
     @classmethod

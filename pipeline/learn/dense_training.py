@@ -56,13 +56,16 @@ from pipeline.learn.protocols import protocol_availability
 MMP_DROP = 0.5
 
 
-def trains_dense(requested_inference: str, model: MissingModalityClassifier) -> bool:
-    """Whether ``train`` trains densely: catalog ``model.inference`` is ``dense`` and the model has the dense path.
+def trains_dense(requested_inference: str, method: type[MissingModalityClassifier] | MissingModalityClassifier) -> bool:
+    """Whether a method trains densely under catalog ``model.inference``: the one rule ``train`` and ``evaluate`` follow.
 
-    ``auto`` trains on patches: measured over 3 seeds on the MUUFL benchmark
-    scene, the dense path did not hold the patch path's accuracy (docs/accuracy.md).
+    ``dense``: every method with the dense path; ``auto``: the methods whose dense path
+    held the patch path's accuracy (``dense_by_default``: MaMOL; docs/accuracy.md);
+    ``patch``: none.
     """
-    return requested_inference == "dense" and model.supports_dense
+    if requested_inference == "auto":
+        return method.supports_dense and method.dense_by_default
+    return requested_inference == "dense" and method.supports_dense
 
 
 @dataclass

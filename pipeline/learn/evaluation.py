@@ -30,7 +30,7 @@ from pipeline.files import (
     write_text,
 )
 from pipeline.learn.breakdown import footprint_masks, grouped_summaries, pattern_groups
-from pipeline.learn.dense_training import SceneArrays, fit_dense, predict_dense_at, scene_mask
+from pipeline.learn.dense_training import SceneArrays, fit_dense, predict_dense_at, scene_mask, trains_dense
 from pipeline.learn.forest import fit_forest, forest_predict
 from pipeline.learn.metrics import classification_summary
 from pipeline.learn.protocols import (
@@ -123,15 +123,17 @@ INFERENCE_CHOICES = ("auto", "dense", "patch", "both")
 def variant_paths(variant: MethodVariant, inference: str) -> list[str]:
     """The paths (``patch``, ``dense``) a variant is trained and tested on.
 
-    They follow training: ``dense`` is dense for a method with the dense path,
-    patch otherwise; ``auto`` and ``patch`` are patch; ``both`` runs a
-    dense-capable method twice, side by side on the same split, masks and seed.
+    They follow training (``trains_dense``): ``dense`` is dense for a method with
+    the dense path, ``auto`` for a method that is dense by default, ``patch`` is
+    patch; ``both`` runs a dense-capable method twice, side by side on the same
+    split, masks and seed.
     """
     if inference not in INFERENCE_CHOICES:
         raise ValueError(f"inference must be one of {INFERENCE_CHOICES}, got {inference!r}")
-    if inference in ("auto", "patch") or not method_class(variant.method).supports_dense:
-        return ["patch"]
-    return ["patch", "dense"] if inference == "both" else ["dense"]
+    cls = method_class(variant.method)
+    if inference == "both":
+        return ["patch", "dense"] if cls.supports_dense else ["patch"]
+    return ["dense"] if trains_dense(inference, cls) else ["patch"]
 
 
 def path_variant(variant: MethodVariant, path: str) -> MethodVariant:

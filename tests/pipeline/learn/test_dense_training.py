@@ -159,3 +159,13 @@ def test_dense_training_learns_the_small_demo(demo_catalog: Catalog) -> None:
     oa = float((probs.argmax(1) == split.test_targets).mean())
     chance = np.bincount(split.test_targets).max() / len(split.test_targets)
     assert oa > chance + 0.25, f"held-out OA {oa:.3f}, majority class {chance:.3f}"
+
+
+def test_auto_trains_densely_only_the_methods_whose_dense_path_held_accuracy() -> None:
+    from models.registry import method_class
+    from pipeline.learn.dense_training import trains_dense
+
+    mamol, baseline, mmp = method_class("mamol"), method_class("baseline"), method_class("mmp")
+    assert trains_dense("auto", mamol) and not trains_dense("auto", baseline) and not trains_dense("auto", mmp)
+    assert trains_dense("dense", mamol) and trains_dense("dense", baseline) and not trains_dense("dense", mmp)
+    assert not any(trains_dense("patch", cls) for cls in (mamol, baseline, mmp))

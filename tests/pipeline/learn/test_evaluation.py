@@ -48,9 +48,11 @@ def test_both_paths_are_tested_side_by_side_on_the_same_pixels_and_masks(demo_ca
 
 
 def test_variant_paths_follow_the_methods_dense_support() -> None:
-    baseline, mmp = MethodVariant.parse("baseline"), MethodVariant.parse("mmp")
+    baseline, mmp, mamol = MethodVariant.parse("baseline"), MethodVariant.parse("mmp"), MethodVariant.parse("mamol")
     assert variant_paths(baseline, "dense") == ["dense"] and variant_paths(baseline, "patch") == ["patch"]
-    assert variant_paths(baseline, "auto") == ["patch"]  # auto trains on patches
+    assert variant_paths(baseline, "auto") == ["patch"]  # the baseline's dense accuracy is not measured: patches
+    assert variant_paths(mamol, "auto") == ["dense"] and variant_paths(mamol, "patch") == ["patch"]
+    assert variant_paths(mmp, "auto") == ["patch"]
     assert variant_paths(baseline, "both") == ["patch", "dense"]
     assert variant_paths(mmp, "dense") == ["patch"] and variant_paths(mmp, "both") == ["patch"]
     with pytest.raises(ValueError, match="inference must be one of"):
