@@ -112,9 +112,7 @@ class PatchTransformerClassifier(MissingModalityClassifier):
     def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
                       margin: int = 0) -> Tensor:
         """Logits (B, K, H - 2 margin, W - 2 margin) for the pixels of crops (B, C_m, H, W); see ``models.dense``."""
-        h, w = available.shape[-2:]
-        if margin < 0 or 2 * margin >= min(h, w):
-            raise ValueError(f"margin must be >= 0 and leave pixels of a {h} x {w} crop, got {margin}")
+        dense.check_margin(margin, *available.shape[-2:])
         k = self.readout_radius
         inner = max(0, margin - k)  # the readout reads k pixels past each wanted one
         features = self.dense_features(inputs, available, origin, inner)  # (B, M, width, H', W')
@@ -137,8 +135,7 @@ class PatchTransformerClassifier(MissingModalityClassifier):
             raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
         self.check_dense_inputs(inputs, available)
         b, _, h, w = available.shape
-        if margin < 0 or 2 * margin >= min(h, w):
-            raise ValueError(f"margin must be >= 0 and leave pixels of a {h} x {w} crop, got {margin}")
+        dense.check_margin(margin, h, w)
         window = self.window_size
         canvas = dense.plan_canvas(origin, b, h, w, window)
         x = self.backbone.ln_pre(self.projection.dense(inputs, available, canvas))  # (B, Hc, Wc, M, width)

@@ -146,6 +146,12 @@ def row_chunks(batch: int, window_rows: int, rows_per_chunk: int) -> list[tuple[
     return [(b, slice(i, min(i + rows_per_chunk, window_rows))) for b in range(batch) for i in range(0, window_rows, rows_per_chunk)]
 
 
+def check_margin(margin: int, height: int, width: int) -> None:
+    """A margin must be >= 0 and leave pixels of a ``height`` x ``width`` crop."""
+    if margin < 0 or 2 * margin >= min(height, width):
+        raise ValueError(f"margin must be >= 0 and leave pixels of a {height} x {width} crop, got {margin}")
+
+
 def needed_windows(lo: int, hi: int, size: int, depth: int, window: int) -> list[slice]:
     """Per block, the windows (indices along one canvas axis) that output pixels ``[lo, hi)`` depend on.
 
