@@ -4,6 +4,11 @@ OA, AA, Cohen's kappa, per-class accuracy and confusion matrices per setting, me
 as Markdown, CSV and JSON tables (see :mod:`pipeline.learn.evaluation`), beside an
 availability-blind random forest on the same training pixels (the floor), and OA per
 availability pattern and per footprint of the catalog's clouds and failures.
+
+Runs split over jobs or machines (``--seeds 0``, ``--seeds 1``, ``--rows 5``, ...) are put
+back into one table, re-aggregated over seeds::
+
+    python -m pipeline.evaluate --merge eval-s0 eval-s1 eval-s2 --output eval
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from pipeline.storage import is_remote
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("catalog", help="the catalog YAML file, or its URL")
+    parser.add_argument("catalog", nargs="?", help="the catalog YAML file, or its URL")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="RESULTS",
+                        help="instead of running: merge these evaluations (folders or results.json files) into --output")
     parser.add_argument("--methods", help="comma-separated, e.g. baseline,mamol (ablations: mamol:use_dynamic=false)")
     parser.add_argument("--protocol", default="mamol-table1", help="scene (the catalog's protocol, tested on the scene's real availability) | mamol-table1 | mamol-table3 | mamol-table5 | lvpcnet-table1")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the catalog's training.seed)")
@@ -34,7 +41,21 @@ def main(argv: list[str] | None = None) -> int:
                              "both: each dense method on both, side by side")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if (args.catalog is None) == (args.merge is None):
+        parser.error("give a catalog to evaluate, or --merge RESULTS... --output DIR")
+    if args.merge and args.output is None:
+        parser.error("--merge needs --output DIR")
     configure_logging()
+
+    def merge() -> int:
+        from pipeline.learn.evaluation import merge_results, read_results, write_tables
+
+        results = merge_results({path: read_results(path) for path in args.merge})
+        args.output.mkdir(parents=True, exist_ok=True)
+        write_tables(results, args.output)
+        print((args.output / "table.md").read_text())
+        print(f"tables in {args.output} ({len(results['runs'])} runs from {len(args.merge)} evaluations)")
+        return 0
 
     def body() -> int:
         from pipeline.learn.evaluation import default_methods, evaluate
@@ -56,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tables in {output} ({results['seconds']:.0f} s)")
         return 0
 
-    return guarded(body, expected=(ValueError, KeyError))
+    return guarded(merge if args.merge else body, expected=(ValueError, KeyError))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 from models.pretraining import init_from_pretrained
 from models.registry import method_class
 from pipeline.config.catalog import Catalog, Protocol
+from pipeline.config.errors import InputError
 from pipeline.data.patches import gather_patches
 from pipeline.files import (
     atomic_file,
@@ -183,6 +184,7 @@ def evaluate(
         if bad:
             raise ValueError(f"rows {bad} are not rows of {protocol} (0..{len(settings) - 1})")
         settings = [settings[r] for r in rows]
+    protocol_rows = rows if rows is not None else list(range(len(settings)))
     output.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -211,7 +213,7 @@ def evaluate(
             groups = {"patterns": pattern_groups(test_avail[testable], data.modalities),
                       "footprints": {k: m[testable] for k, m in test_footprints.items()}}
 
-            context = {"setting": setting.label, "setting_index": s_i, "seed": seed,
+            context = {"setting": setting.label, "row": protocol_rows[s_i], "seed": seed,
                        "test_pixels_without_any_modality": int((~testable).sum())}
             t0 = time.perf_counter()
             forest = fit_forest(data.train_patches, train_avail, split.train_targets, data.modalities, seed)
@@ -242,7 +244,8 @@ def evaluate(
     results = {
         "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
         "seeds": seeds, "settings": [s.label for s in settings], "classes": names, "max_test_pixels": max_test_pixels,
-        "seconds": time.perf_counter() - started, "runs": runs, "table": aggregate(runs, settings, variants),
+        "seconds": time.perf_counter() - started, "runs": runs,
+        "table": aggregate(runs, [s.label for s in settings], [v.label for v in variants]),
     }
     write_tables(results, output)
     return results
@@ -263,19 +266,26 @@ def run_summary(
 GROUP_KINDS = ("patterns", "footprints")
 
 
-def aggregate(runs: list[dict[str, Any]], settings: list[Setting], variants: list[MethodVariant]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, one entry per (setting, method)."""
+def seed_std(values: np.ndarray) -> float | None:
+    """The sample standard deviation over seeds (ddof 1, as ``torch.std``); 0 for one seed, None for none."""
+    if not values.size:
+        return None
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def aggregate(runs: list[dict[str, Any]], settings: list[str], methods: list[str]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, one entry per (setting, method), in the order of the labels given."""
     table = []
     for setting in settings:
-        for v in variants:
-            rows = [r for r in runs if r["setting"] == setting.label and r["method"] == v.label]
+        for method in methods:
+            rows = [r for r in runs if r["setting"] == setting and r["method"] == method]
             if not rows:
                 continue
-            entry: dict[str, Any] = {"setting": setting.label, "method": v.label, "seeds": len(rows)}
+            entry: dict[str, Any] = {"setting": setting, "method": method, "seeds": len(rows)}
             for metric in ("oa", "aa", "kappa"):
                 vals = np.array([r[metric] for r in rows if r[metric] is not None], dtype=float)
                 entry[f"{metric}_mean"] = float(vals.mean()) if vals.size else None
-                entry[f"{metric}_std"] = float(vals.std()) if vals.size else None
+                entry[f"{metric}_std"] = seed_std(vals)
             entry["confusion"] = np.sum([np.asarray(r["confusion"]) for r in rows], axis=0).tolist()
             for kind in GROUP_KINDS:
                 names = list(dict.fromkeys(g for r in rows for g in r.get(kind, {})))
@@ -284,17 +294,75 @@ def aggregate(runs: list[dict[str, Any]], settings: list[Setting], variants: lis
                     oas = np.array([r[kind][g]["oa"] for r in rows if g in r.get(kind, {}) and r[kind][g]["oa"] is not None])
                     pixels = [r[kind][g]["n"] for r in rows if g in r.get(kind, {})]
                     entry[kind][g] = {"oa_mean": float(oas.mean()) if oas.size else None,
-                                      "oa_std": float(oas.std()) if oas.size else None, "seeds": int(oas.size),
+                                      "oa_std": seed_std(oas), "seeds": int(oas.size),
                                       "pixels_mean": float(np.mean(pixels))}
             table.append(entry)
     return table
 
 
-def _cell(entry: dict[str, Any], metric: str) -> str:
+MERGED_KEYS = ("scene", "protocol", "classes", "max_test_pixels")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """An evaluation's ``results.json`` (``path`` is the file or its folder)."""
+    file = path if path.suffix == ".json" else path / "results.json"
+    try:
+        results = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise InputError(file, "results.json", "the results of python -m pipeline.evaluate ... --output DIR", "no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(file, "results.json", "JSON written by python -m pipeline.evaluate", str(exc)) from None
+    missing = [k for k in ("runs", "methods", *MERGED_KEYS) if k not in results]
+    if missing:
+        raise InputError(file, missing[0], "a key of an evaluation's results", "none")
+    return results
+
+
+def merge_results(parts: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation from several run apart (seeds or rows split over jobs or machines), re-aggregated.
+
+    ``parts`` maps each ``results.json`` to its content. They must share the
+    scene, protocol, classes and test-pixel cap (else an ``InputError`` names the
+    file and the key); a (setting, method, seed) run found in two parts must have
+    the same OA and is kept once. Settings follow the protocol's row order
+    (first appearance for results written before rows were recorded), methods
+    their first appearance.
+    """
+    if not parts:
+        raise ValueError("nothing to merge: give at least one results.json")
+    (first_path, first), *others = parts.items()
+    for path, part in others:
+        for name in MERGED_KEYS:
+            if part.get(name) != first.get(name):
+                raise InputError(path, name, f"{first.get(name)!r} as in {first_path}", repr(part.get(name)))
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for path, part in parts.items():
+        for run in part["runs"]:
+            key = (run["setting"], run["method"], run["seed"])
+            if key in runs and runs[key]["oa"] != run["oa"]:
+                where = f"runs[setting={key[0]!r}, method={key[1]!r}, seed={key[2]}].oa"
+                raise InputError(path, where, f"{runs[key]['oa']} as in an earlier part (the same run twice)",
+                                 str(run["oa"]))
+            runs.setdefault(key, run)
+    merged = list(runs.values())
+    order = {run["setting"]: (run.get("row", len(merged)), i) for i, run in reversed(list(enumerate(merged)))}
+    settings = sorted(order, key=order.__getitem__)
+    methods = list(dict.fromkeys(m for part in parts.values() for m in part["methods"]))
+    if FOREST in methods:  # the floor stays last, as evaluate writes it
+        methods = [m for m in methods if m != FOREST] + [FOREST]
+    seeds = sorted({run["seed"] for run in merged})
+    return {**{name: first.get(name) for name in ("catalog", *MERGED_KEYS)}, "methods": methods, "seeds": seeds,
+            "settings": settings, "seconds": float(sum(part.get("seconds", 0.0) for part in parts.values())),
+            "merged_from": [str(p) for p in parts], "runs": merged, "table": aggregate(merged, settings, methods)}
+
+
+def _cell(entry: dict[str, Any], metric: str, seeds: int) -> str:
+    """``mean ± std`` over the entry's seeds, with their count when fewer than the table's ``seeds`` (a merged table)."""
     mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
     if mean is None:
         return "n/a"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}" if entry["seeds"] > 1 else f"{100 * mean:.2f}"
+    text = f"{100 * mean:.2f} ± {100 * std:.2f}" if entry["seeds"] > 1 else f"{100 * mean:.2f}"
+    return text + (f" (n={entry['seeds']})" if entry["seeds"] < seeds else "")
 
 
 def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
@@ -302,13 +370,13 @@ def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
     table = results["table"]
     methods = results["methods"]
     header = ["Setting"] + [f"{m} {metric}" for m in methods for metric in ("OA", "AA", "κ")]
-    lines = [f"# {results['protocol']} on {results['scene']} (seeds {results['seeds']}, values in %)", "",
+    lines = [f"# {results['protocol']} on {results['scene']} (seeds {results['seeds']}; %, mean ± sample std over seeds)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting in results["settings"]:
         cells = [setting]
         for m in methods:
             entry = next((e for e in table if e["setting"] == setting and e["method"] == m), None)
-            cells += [_cell(entry, k) if entry else "n/a" for k in ("oa", "aa", "kappa")]
+            cells += [_cell(entry, k, len(results["seeds"])) if entry else "n/a" for k in ("oa", "aa", "kappa")]
         lines.append("| " + " | ".join(cells) + " |")
     means = []
     for m in methods:
@@ -335,7 +403,7 @@ def availability_tables(results: dict[str, Any]) -> list[str]:
         groups = list(dict.fromkeys(g for e in results["table"] for g in e.get(kind, {})))
         if not groups:
             continue
-        lines += [f"## OA by {title} (%, mean ± std over seeds; test pixels per seed in brackets)", "",
+        lines += [f"## OA by {title} (%, mean ± sample std over seeds; test pixels per seed in brackets)", "",
                   "| Setting | Method | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
         for e in results["table"]:
             cells = []

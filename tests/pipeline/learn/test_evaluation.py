@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.config.catalog import Catalog
-from pipeline.learn.evaluation import FOREST, MethodVariant, evaluate, variant_paths
+from pipeline.config.errors import InputError
+from pipeline.evaluate import main as evaluate_main
+from pipeline.learn.evaluation import (
+    FOREST,
+    MethodVariant,
+    evaluate,
+    merge_results,
+    read_results,
+    variant_paths,
+    write_tables,
+)
 
 
 def test_scene_protocol_reports_the_floor_patterns_and_footprints(demo_catalog: Catalog, tmp_path: Path) -> None:
@@ -57,3 +68,46 @@ def test_variant_paths_follow_the_methods_dense_support() -> None:
     assert variant_paths(mmp, "dense") == ["patch"] and variant_paths(mmp, "both") == ["patch"]
     with pytest.raises(ValueError, match="inference must be one of"):
         variant_paths(baseline, "sparse")
+
+
+def test_runs_split_over_seeds_and_rows_merge_into_one_table(
+    demo_catalog: Catalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo_catalog.training.max_steps = 3
+    demo_catalog.training.epochs = 1
+    kwargs: dict = {"max_test_pixels": 300, "progress": False, "inference": "patch"}
+    a = evaluate(demo_catalog, "mamol-table1", ["baseline"], [0], tmp_path / "a", rows=[2], **kwargs)
+    b = evaluate(demo_catalog, "mamol-table1", ["baseline"], [1], tmp_path / "b", rows=[0, 2], **kwargs)
+    merged = merge_results({tmp_path / "a" / "results.json": read_results(tmp_path / "a"),
+                            tmp_path / "b" / "results.json": read_results(tmp_path / "b"),
+                            tmp_path / "b-again": read_results(tmp_path / "b")})  # the same runs twice: kept once
+    row0, row2 = b["settings"]
+    assert merged["settings"] == [row0, row2]  # protocol order, though part a only had row 2
+    assert merged["seeds"] == [0, 1] and merged["methods"] == ["baseline", FOREST]
+    assert len(merged["runs"]) == len(a["runs"]) + len(b["runs"])
+    oas = [r["oa"] for part in (a, b) for r in part["runs"] if r["setting"] == row2 and r["method"] == "baseline"]
+    entry = next(e for e in merged["table"] if e["setting"] == row2 and e["method"] == "baseline")
+    assert entry["seeds"] == 2 and entry["oa_mean"] == pytest.approx(np.mean(oas))
+    assert entry["oa_std"] == pytest.approx(np.std(oas, ddof=1))
+    write_tables(merged, tmp_path / "merged")
+    table = (tmp_path / "merged" / "table.md").read_text()
+    assert "(n=1)" in table.splitlines()[4] and "(n=" not in table.splitlines()[5]  # row 0 has seed 1 only
+
+    tampered = read_results(tmp_path / "a")
+    tampered["runs"][0]["oa"] += 0.01
+    with pytest.raises(InputError, match=r"tampered/results.json: runs\[setting=.*, seed=0\]\.oa: expected .*the same run twice"):
+        merge_results({tmp_path / "a" / "results.json": read_results(tmp_path / "a"),
+                       tmp_path / "tampered" / "results.json": tampered})
+    other = {**read_results(tmp_path / "b"), "protocol": "mamol-table3"}
+    with pytest.raises(InputError, match=r"other.json: protocol: expected 'mamol-table1'"):
+        merge_results({tmp_path / "a": a, tmp_path / "other.json": other})
+    with pytest.raises(InputError, match=r"missing/results.json: results.json: expected the results"):
+        read_results(tmp_path / "missing")
+
+    # the command line: the same merge, and one error line (nothing written) for a part that is not there
+    assert evaluate_main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "table.md").read_text() == table
+    capsys.readouterr()
+    assert evaluate_main(["--merge", str(tmp_path / "a"), str(tmp_path / "gone"), "--output", str(tmp_path / "cli2")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "gone/results.json" in err[0] and not (tmp_path / "cli2").exists()
