@@ -143,29 +143,8 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         # each token's own pixel pattern, laid out like the tokens: (B, Hc, Wc, M tokens, M modalities)
         pixel = dense.place(available, canvas, False).permute(0, 2, 3, 1)
         token_avail = pixel.unsqueeze(3).expand(-1, -1, -1, m, -1)
-        depth = len(self.backbone.blocks)
-        # the windows each block computes: those the wanted pixels (the crops without their margin) depend on
-        row_spans = dense.needed_windows(min(canvas.top) + margin, max(canvas.top) + h - margin, canvas.height, depth, window)
-        col_spans = dense.needed_windows(min(canvas.left) + margin, max(canvas.left) + w - margin, canvas.width, depth, window)
-        for index, block in enumerate(self.backbone.blocks):
-            shift = dense.block_shift(index, window)
-            rows, cols = dense.shifted_region(canvas.height, canvas.width, shift)
-            # without autograd the windows are written back where they were read (they are disjoint)
-            out = x.clone() if torch.is_grad_enabled() else x
-            spans = (slice(None), row_spans[index], col_spans[index])
-            source = dense.window_grid(x[:, rows, cols], window)[spans]  # (B, nh, nw, W, W, M, width), a view
-            target = dense.window_grid(out[:, rows, cols], window)[spans]
-            pattern = dense.window_grid(token_avail[:, rows, cols], window)[spans]
-            nh, nw = source.shape[1:3]
-            # a few rows of windows at a time: every op of a block is per window, and pieces that stay
-            # in the CPU's cache run the memory-bound half of a block (casts, norms, GELU, adds) fast
-            step = max(1, self.dense_chunk_tokens // (nw * window * window * m))
-            for crop_index, piece in dense.row_chunks(b, nh, step):
-                shape = source[crop_index, piece].shape
-                seq = source[crop_index, piece].reshape(-1, window * window * m, shape[-1])
-                context = self.block_context(pattern[crop_index, piece].reshape(seq.shape[0], seq.shape[1], -1))
-                target[crop_index, piece] = self.run_block(index, block, seq, context).view(shape)
-            x = out
+        x = dense.run_windowed_blocks(x, token_avail, canvas, margin, window, self.backbone.blocks, self.run_block,
+                                      self.block_context, self.dense_chunk_tokens)
         x = dense.crop(x, canvas)  # (B, H, W, M, width)
         if margin:
             x = x[:, margin : h - margin, margin : w - margin]

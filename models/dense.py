@@ -38,10 +38,11 @@ window_position[(r mod W) * W + c mod W]`` (scene coordinates), or the missing
 token. A pixel's logits are the head applied to its M output tokens,
 concatenated (the patch path's head, same weights).
 
-Pretraining trains exactly the token embedding (``projection.band_maps``,
-``projection.modality``, ``projection.window_position``, the missing token)
-and the backbone blocks through ``dense_features``; the head is the
-classifier's. This API is stable.
+The block loop itself is :func:`run_windowed_blocks`; dense pretraining
+(``models.pretraining.MaskedPixelModel.forward_dense``) runs the same blocks
+through it on the same token embedding (``projection.band_maps``,
+``projection.modality``, ``projection.window_position``, the missing token),
+so what it learns is what the dense classifier computes. This API is stable.
 
 Receptive radius: a pixel's logits depend only on inputs at most
 ``receptive_radius(depth, W)`` pixels away (Chebyshev distance), computed
@@ -53,10 +54,12 @@ in place of the scene beyond the crop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def check_window_size(window: int) -> int:
@@ -175,3 +178,49 @@ def needed_windows(lo: int, hi: int, size: int, depth: int, window: int) -> list
 def shifted_region(height: int, width: int, shift: int) -> tuple[slice, slice]:
     """The part of a canvas a block with windows offset by ``shift`` covers (the border is padding)."""
     return slice(shift, height - shift), slice(shift, width - shift)
+
+
+def run_windowed_blocks(
+    x: Tensor,
+    token_avail: Tensor | None,
+    canvas: Canvas,
+    margin: int,
+    window: int,
+    blocks: nn.ModuleList,
+    run_block: Callable[[int, nn.Module, Tensor, Any], Tensor],
+    block_context: Callable[[Tensor], Any],
+    chunk_tokens: int,
+) -> Tensor:
+    """The backbone blocks over canvas tokens ``x`` (B, Hc, Wc, M, width): windows, shifted in odd blocks.
+
+    Only the windows the crops' pixels without their ``margin`` depend on are
+    computed (:func:`needed_windows`). ``token_avail`` (B, Hc, Wc, M, M), each
+    token's own pixel pattern, is cut into the same sequences and handed to
+    ``block_context`` (None: the context is None); ``run_block(index, block,
+    sequence, context)`` runs one block on (windows, W * W * M, width).
+    """
+    b, height, width, m = x.shape[:4]
+    h, w = canvas.crop_height, canvas.crop_width
+    depth = len(blocks)
+    row_spans = needed_windows(min(canvas.top) + margin, max(canvas.top) + h - margin, height, depth, window)
+    col_spans = needed_windows(min(canvas.left) + margin, max(canvas.left) + w - margin, width, depth, window)
+    for index, block in enumerate(blocks):
+        shift = block_shift(index, window)
+        rows, cols = shifted_region(height, width, shift)
+        # without autograd the windows are written back where they were read (they are disjoint)
+        out = x.clone() if torch.is_grad_enabled() else x
+        spans = (slice(None), row_spans[index], col_spans[index])
+        source = window_grid(x[:, rows, cols], window)[spans]  # (B, nh, nw, W, W, M, width), a view
+        target = window_grid(out[:, rows, cols], window)[spans]
+        pattern = window_grid(token_avail[:, rows, cols], window)[spans] if token_avail is not None else None
+        nh, nw = source.shape[1:3]
+        # a few rows of windows at a time: every op of a block is per window, and pieces that stay
+        # in the CPU's cache run the memory-bound half of a block (casts, norms, GELU, adds) fast
+        step = max(1, chunk_tokens // (nw * window * window * m))
+        for crop_index, piece in row_chunks(b, nh, step):
+            shape = source[crop_index, piece].shape
+            seq = source[crop_index, piece].reshape(-1, window * window * m, shape[-1])
+            context = None if pattern is None else block_context(pattern[crop_index, piece].reshape(seq.shape[0], seq.shape[1], -1))
+            target[crop_index, piece] = run_block(index, block, seq, context).view(shape)
+        x = out
+    return x
