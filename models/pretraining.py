@@ -12,6 +12,14 @@ reconstructs the hidden tokens' normalised bands; the loss is the mean
 squared error over hidden tokens whose pixel really has data, averaged per
 modality (a 63-band HS token and a 2-band LiDAR token weigh the same).
 
+On the dense path (``window_size`` set, :meth:`MaskedPixelModel.forward_dense`)
+the crops are larger (e.g. 32 x 32) and go through the blocks as the dense
+classifier runs them (``models.dense``: windows anchored to the scene grid,
+shifted in odd blocks, the window position embedding): one pass reconstructs
+every pixel of the crop instead of one patch per pixel, and the blocks learn
+the attention pattern the dense classifier uses. The patch position
+embedding does not train there and is not saved.
+
 The result is a safetensors file holding the backbone (``backbone.*``) and the
 tokenizer (``projection.*``), with metadata saying what it saw; ``model.pretrained``
 takes it as it takes a CLIP file (:func:`is_pretrained_backbone`,
@@ -30,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from models import dense
 from models.backbone import Backbone, build_backbone
 from models.projection import ModalityProjection
 
@@ -39,13 +48,23 @@ PRETRAINED_FORMAT = "mmlandcover-pretrained-backbone/1"
 class MaskedPixelModel(nn.Module):
     """Tokenizer, backbone and one linear decoder per modality (tokens -> bands)."""
 
-    def __init__(self, modalities: list[str], bands: list[int], patch_size: int, preset: str) -> None:
+    dense_chunk_tokens: int = 8192
+    """Tokens per call of a block on the dense path (a speed knob, as the classifier's)."""
+
+    def __init__(self, modalities: list[str], bands: list[int], patch_size: int, preset: str,
+                 window_size: int | None = None) -> None:
         super().__init__()
         self.modalities, self.bands, self.patch_size, self.preset = list(modalities), list(bands), patch_size, preset
+        self.window_size = dense.check_window_size(window_size) if window_size is not None else None
         self.backbone = build_backbone(preset, None, False)
         width = self.backbone.width
-        self.projection = ModalityProjection(self.modalities, self.bands, patch_size, width, "zero")
+        self.projection = ModalityProjection(self.modalities, self.bands, patch_size, width, "zero", self.window_size)
         self.decoders = nn.ModuleDict({m: nn.Linear(width, c) for m, c in zip(self.modalities, self.bands)})
+
+    @property
+    def untrained_tokenizer_weights(self) -> set[str]:
+        """Tokenizer weights the chosen path never trains (and :func:`save_pretrained` leaves out)."""
+        return {"position"} if self.window_size is not None else set()
 
     def forward(self, inputs: dict[str, Tensor], visible: Tensor) -> dict[str, Tensor]:
         """Reconstructions (B, C_m, P, P) of every modality, from the tokens where ``visible`` (B, M, P, P) is true."""
@@ -58,6 +77,24 @@ class MaskedPixelModel(nn.Module):
             m: self.decoders[m](out[:, part]).transpose(1, 2).reshape(batch, -1, p, p)
             for m, part in zip(self.modalities, self.projection.modality_slices())
         }
+
+
+    def forward_dense(self, inputs: dict[str, Tensor], visible: Tensor, origin: Tensor | None = None) -> dict[str, Tensor]:
+        """Reconstructions (B, C_m, H, W) of every pixel of crops (B, C_m, H, W) starting at scene ``origin`` (B, 2).
+
+        ``visible`` (B, M, H, W) says which tokens the model sees; the others
+        are the missing (zero) token, as on the dense classifier's path.
+        """
+        if self.window_size is None:
+            raise ValueError("forward_dense needs a MaskedPixelModel built with window_size (the dense path)")
+        b, _, h, w = visible.shape
+        canvas = dense.plan_canvas(origin, b, h, w, self.window_size)
+        x = self.backbone.ln_pre(self.projection.dense(inputs, visible, canvas))  # (B, Hc, Wc, M, width)
+        x = dense.run_windowed_blocks(x, None, canvas, 0, self.window_size, self.backbone.blocks,
+                                      lambda _index, block, seq, _context: block(seq), lambda _pattern: None,
+                                      self.dense_chunk_tokens)
+        x = self.backbone.ln_post(dense.crop(x, canvas))  # (B, H, W, M, width)
+        return {m: self.decoders[m](x[:, :, :, i]).permute(0, 3, 1, 2) for i, m in enumerate(self.modalities)}
 
 
 def region_masks(batch: int, size: int, generator: torch.Generator) -> Tensor:
@@ -110,9 +147,10 @@ def reconstruction_loss(outputs: dict[str, Tensor], inputs: dict[str, Tensor], t
 def save_pretrained(model: MaskedPixelModel, path: str | os.PathLike[str], metadata: dict[str, Any]) -> None:
     """Backbone and tokenizer weights with ``metadata`` (JSON values) into one safetensors file at ``path``."""
     tensors = {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
-    tensors.update({f"projection.{k}": v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()})
+    tensors.update({f"projection.{k}": v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()
+                    if k not in model.untrained_tokenizer_weights})
     info = {"format": PRETRAINED_FORMAT, "preset": model.preset, "modalities": model.modalities, "bands": model.bands,
-            "patch_size": model.patch_size, **metadata}
+            "patch_size": model.patch_size, "window_size": model.window_size, **metadata}
     save_file(tensors, str(path), metadata={"pretrained": json.dumps(info)})
 
 

@@ -337,8 +337,12 @@ class Training(_Section):
 class Pretrain(_Section):
     """Self-supervised pretraining of the backbone on the catalog's pixels (``python -m pipeline.pretrain``)."""
 
+    path: Literal["patch", "dense"] = Field(
+        default="patch", description="patch: a model.patch_size crop per drawn pixel (the measured default); dense: "
+        "crop_size crops through the windowed blocks of the dense classifier, every pixel reconstructed in one pass")
+    crop_size: int = Field(default=32, ge=2, description="side of a dense crop (pixels), a multiple of model.params.window_size")
     steps: int = Field(default=1500, ge=1)
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int | None = Field(default=None, ge=1, description="crops per step; none: 16 dense crops or 256 patches")
     pool_pixels: int = Field(default=30000, ge=1, description="pixels drawn from all scenes (crops around them)")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)

@@ -1,16 +1,18 @@
 """Pretrain the backbone on every pixel of a catalog's scenes, labels unused: ``python -m pipeline.pretrain CATALOG``.
 
-Crops of ``model.patch_size`` around pixels drawn from all scenes (each
-modality normalised per band over the drawn pixels) train a masked-pixel
-model (``models.pretraining``): hide random tokens and one modality in blobs
-and strips, reconstruct the hidden normalised bands. Runs on the GPU when
-there is one (bf16 autocast where the hardware has it), shows progress, saves
-a resume point every ``save_every`` steps and writes a loss curve. The
-result, ``backbone.safetensors``, records the scenes (and their content
-hashes) and bands it saw; ``model.pretrained`` takes it, and with
+Masked modelling (``models.pretraining``): hide random tokens and one modality
+in blobs and strips, reconstruct the hidden normalised bands. On the dense
+path (``model.pretrain.path: dense``) the scenes are held in memory,
+normalised per band over ``pool_pixels`` drawn pixels, and each step
+reconstructs whole ``crop_size`` crops around drawn pixels through the
+windowed blocks the dense classifier uses; on the patch path each drawn
+pixel gives one ``model.patch_size`` crop. Runs on the GPU when there is one
+(bf16 autocast where the hardware has it), shows progress, saves a resume
+point every ``save_every`` steps and writes a loss curve. The result,
+``backbone.safetensors``, records the scenes (and their content hashes),
+bands and path it saw; ``model.pretrained`` takes it, and with
 ``model.pretrain`` set the pipeline makes it first and reuses it while the
-scenes and settings are unchanged (the folder name is their hash).
-"""
+scenes and settings are unchanged (the folder name is their hash)."""
 
 from __future__ import annotations
 
@@ -28,18 +30,21 @@ import xarray as xr
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from models.classifier import COMMON_PARAMS
 from models.pretraining import MaskedPixelModel, mask_tokens, reconstruction_loss, save_pretrained
 from pipeline.config.catalog import Catalog, Pretrain
 from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
 from pipeline.files import atomic_file, write_json, write_text
+from pipeline.learn.dense_training import SceneArrays
 from pipeline.learn.training import linear_warmup_decay
 
 log = logging.getLogger(__name__)
 
 BACKBONE_FILE = "backbone.safetensors"
 RESUME_FILE = "resume.safetensors"
+BATCH_SIZES = {"dense": 16, "patch": 256}  # crops per step when model.pretrain.batch_size is none: about as many tokens
 
 
 def pretrain_settings(catalog: Catalog) -> Pretrain:
@@ -61,6 +66,7 @@ def pretrain_key(catalog: Catalog, stores: list[tuple[str, xr.Dataset]], setting
         "modalities": catalog.scenes[0].modality_names,
         "backbone": catalog.model.backbone, "patch_size": catalog.model.patch_size,
         "settings": settings.model_dump(mode="json"),
+        "window_size": pretrain_window(catalog) if settings.path == "dense" else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -69,8 +75,8 @@ def pretrained_folder(catalog: Catalog, key: str) -> Path:
     return Path(catalog.output.folder) / "pretrained" / key
 
 
-def _pool(catalog: Catalog, stores: list[tuple[str, xr.Dataset]], settings: Pretrain) -> tuple[dict[str, np.ndarray], np.ndarray, NormStats]:
-    """Crops around up to ``pool_pixels`` pixels where some modality has data, drawn evenly from every scene."""
+def _draw(catalog: Catalog, stores: list[tuple[str, xr.Dataset]], settings: Pretrain) -> tuple[list[tuple[xr.Dataset, np.ndarray, np.ndarray]], NormStats]:
+    """Up to ``pool_pixels`` pixels where some modality has data, drawn evenly from every scene, and the normalisation."""
     modalities = catalog.scenes[0].modality_names
     rng = np.random.default_rng(settings.seed)
     per_scene = max(1, settings.pool_pixels // len(stores))
@@ -85,16 +91,57 @@ def _pool(catalog: Catalog, stores: list[tuple[str, xr.Dataset]], settings: Pret
         pick = rng.choice(rows.size, size=min(per_scene, rows.size), replace=False)
         drawn.append((ds, np.sort(rows[pick]), np.sort(cols[pick])))
     first = drawn[0]
-    stats = compute_norm_stats(first[0], modalities, first[1], first[2])
-    patches: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
-    for ds, rows, cols in drawn:
-        p, _centre = gather_patches(ds, modalities, rows, cols, catalog.model.patch_size, stats, catalog.output.tile_size)
-        for m in modalities:
-            patches[m].append(p[m])
-    merged = {m: np.concatenate(v) for m, v in patches.items()}
-    # A pixel without data is zero-filled on every band by normalise_window; real normalised data is never all zeros.
-    present = np.stack([np.any(merged[m] != 0, axis=1) for m in modalities], axis=1)  # (N, M, P, P)
-    return merged, present, stats
+    return drawn, compute_norm_stats(first[0], modalities, first[1], first[2])
+
+
+class PatchPool:
+    """The patch path's data: a ``patch_size`` crop around every drawn pixel, in memory."""
+
+    def __init__(self, catalog: Catalog, drawn: list[tuple[xr.Dataset, np.ndarray, np.ndarray]], stats: NormStats) -> None:
+        modalities = catalog.scenes[0].modality_names
+        patches: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+        for ds, rows, cols in drawn:
+            p, _centre = gather_patches(ds, modalities, rows, cols, catalog.model.patch_size, stats, catalog.output.tile_size)
+            for m in modalities:
+                patches[m].append(p[m])
+        merged = {m: np.concatenate(v) for m, v in patches.items()}
+        # A pixel without data is zero-filled on every band by normalise_window; real normalised data is never all zeros.
+        self.present = torch.from_numpy(np.stack([np.any(merged[m] != 0, axis=1) for m in modalities], axis=1))  # (N, M, P, P)
+        self.tensors = {m: torch.from_numpy(v) for m, v in merged.items()}
+        self.bands = [v.shape[1] for v in merged.values()]
+        self.pixels = int(self.present.shape[0])
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        idx = torch.randint(0, self.pixels, (size,), generator=generator)
+        return {m: t[idx] for m, t in self.tensors.items()}, self.present[idx], None
+
+
+class CropPool:
+    """The dense path's data: the scenes normalised in memory, ``crop_size`` crops around the drawn pixels."""
+
+    def __init__(self, catalog: Catalog, drawn: list[tuple[xr.Dataset, np.ndarray, np.ndarray]], stats: NormStats,
+                 crop_size: int) -> None:
+        modalities = catalog.scenes[0].modality_names
+        self.crop_size = crop_size
+        self.scenes = [SceneArrays.read(ds, modalities, stats, pad=crop_size) for ds, _rows, _cols in drawn]
+        # every drawn pixel as (scene, top-left row, top-left col) of the crop centred on it
+        self.corners = np.concatenate([np.stack([np.full(rows.size, i), rows - crop_size // 2, cols - crop_size // 2], axis=1)
+                                       for i, (_ds, rows, cols) in enumerate(drawn)])
+        self.bands = [self.scenes[0].values[m].shape[0] for m in modalities]
+        self.pixels = int(len(self.corners))
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        picked = self.corners[torch.randint(0, self.pixels, (size,), generator=generator).numpy()]
+        parts = [self.scenes[i].crops(picked[picked[:, 0] == i, 1], picked[picked[:, 0] == i, 2], self.crop_size)
+                 for i in np.unique(picked[:, 0])]
+        inputs = {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]}
+        order = np.concatenate([picked[picked[:, 0] == i, 1:] for i in np.unique(picked[:, 0])])
+        return inputs, torch.cat([p[1] for p in parts]), torch.from_numpy(order.astype(np.int64))
+
+
+def pretrain_window(catalog: Catalog) -> int:
+    """The dense path's window (``model.params.window_size``, else the classifiers' default): the one the backbone will meet."""
+    return int(catalog.model.params.get("window_size", COMMON_PARAMS["window_size"]))
 
 
 def pretrain(catalog: Catalog, output: Path | None = None, progress: bool = True, device: str | torch.device | None = None) -> Path:
@@ -107,14 +154,19 @@ def pretrain(catalog: Catalog, output: Path | None = None, progress: bool = True
     if result.is_file():
         log.info("pretrained backbone %s is up to date (scenes unchanged): reused", result)
         return result
+    window = pretrain_window(catalog) if settings.path == "dense" else None
+    if window is not None and settings.crop_size % window:
+        raise InputError(catalog.path, "model.pretrain.crop_size", f"a multiple of model.params.window_size ({window})",
+                         str(settings.crop_size))
     folder.mkdir(parents=True, exist_ok=True)
     modalities = catalog.scenes[0].modality_names
-    patches, present, stats = _pool(catalog, stores, settings)
-    bands = [patches[m].shape[1] for m in modalities]
+    drawn, stats = _draw(catalog, stores, settings)
+    pool = CropPool(catalog, drawn, stats, settings.crop_size) if window is not None else PatchPool(catalog, drawn, stats)
+    batch_size = settings.batch_size or BATCH_SIZES[settings.path]
     device = torch.device(device) if device is not None else pick_device()
     dtype = autocast_dtype(device, catalog.model.precision)
     torch.manual_seed(settings.seed)
-    model = MaskedPixelModel(modalities, bands, catalog.model.patch_size, catalog.model.backbone).to(device)
+    model = MaskedPixelModel(modalities, pool.bands, catalog.model.patch_size, catalog.model.backbone, window).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(settings.steps, 0.05))
     history: list[dict[str, float]] = []
@@ -129,42 +181,41 @@ def pretrain(catalog: Catalog, output: Path | None = None, progress: bool = True
             schedule.step()  # the learning rate continues where it stopped (optimiser moments restart)
         log.info("pretraining resumes at step %d of %d", start, settings.steps)
     generator = torch.Generator().manual_seed(settings.seed + start)
-    tensors = {m: torch.from_numpy(v) for m, v in patches.items()}
-    present_t = torch.from_numpy(present)
-    n = present.shape[0]
     began = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=start, desc="pretrain", disable=not progress)
-    window: list[float] = []
+    bar = tqdm(total=settings.steps, initial=start, desc=f"pretrain ({settings.path})", disable=not progress)
+    losses: list[float] = []
     with deterministic_cuda(device):
         model.train()
         for step in range(start, settings.steps):
-            idx = torch.randint(0, n, (settings.batch_size,), generator=generator)
-            inputs = {m: t[idx].to(device, non_blocking=True) for m, t in tensors.items()}
-            here = present_t[idx]
+            batch, here, origin = pool.batch(batch_size, generator)
+            inputs = {m: t.to(device, non_blocking=True) for m, t in batch.items()}
             visible = mask_tokens(here, generator)
             target = (here & ~visible).to(device)
             with autocast(device, dtype):
-                outputs = model(inputs, visible.to(device))
+                if window is not None:
+                    outputs = model.forward_dense(inputs, visible.to(device), origin)
+                else:
+                    outputs = model(inputs, visible.to(device))
             loss = reconstruction_loss(outputs, inputs, target)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             schedule.step()
-            window.append(float(loss.detach()))
+            losses.append(float(loss.detach()))
             bar.update(1)
             done = step + 1
             if done % settings.log_every == 0 or done == settings.steps:
-                history.append({"step": done, "loss": float(np.mean(window)), "lr": float(schedule.get_last_lr()[0])})
+                history.append({"step": done, "loss": float(np.mean(losses)), "lr": float(schedule.get_last_lr()[0])})
                 bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-                window = []
+                losses = []
             if done % settings.save_every == 0 and done < settings.steps:
                 _save_resume(model, history, folder)
     bar.close()
     metadata: dict[str, Any] = {
         "scenes": [{"name": name, "content_hash": ds.attrs.get("content_hash")} for name, ds in stores],
         "catalog": str(catalog.path) if catalog.path else None, "key": key,
-        "normalisation": stats.to_dict(), "pixels": int(n), "steps": settings.steps,
+        "normalisation": stats.to_dict(), "pixels": pool.pixels, "steps": settings.steps, "path": settings.path,
         "final_loss": history[-1]["loss"] if history else None,
         "first_loss": history[0]["loss"] if history else None,
         "settings": settings.model_dump(mode="json"), "seconds": time.perf_counter() - began,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,24 +13,30 @@ import torch
 from models import ModelConfig, build_model
 from models.pretraining import init_from_pretrained, mask_tokens, pretrained_info
 from pipeline.config.catalog import Catalog, Pretrain, parse_catalog
+from pipeline.config.errors import InputError
 from pipeline.datasets.demo import demo_catalog_dict
 from pipeline.learn.pretraining import pretrain
 
 pytestmark = pytest.mark.slow  # one short pretraining (~60 s of CPU) shared by the module
 
 
-@pytest.fixture(scope="module")
-def pretrained(small_demo_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, Path]:
-    data = demo_catalog_dict(small_demo_files["hs"].parent, tmp_path_factory.mktemp("pretrain"))
+def _catalog(files: dict[str, Path], output: Path, **settings: Any) -> Catalog:
+    data = demo_catalog_dict(files["hs"].parent, output)
     data["output"]["tile_size"] = 32
     catalog = parse_catalog(data, Path(__file__).resolve().parents[3] / "catalogs" / "demo.yaml")
     catalog.model.patch_size = 3
-    catalog.model.pretrain = Pretrain(steps=60, batch_size=64, pool_pixels=1500, log_every=10, save_every=30, lr=2e-3)
+    catalog.model.pretrain = Pretrain(steps=60, pool_pixels=1500, log_every=10, save_every=30, lr=2e-3, **settings)
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_demo_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, Path]:
+    """The default (patch) path."""
+    catalog = _catalog(small_demo_files, tmp_path_factory.mktemp("pretrain"), batch_size=64)
     return catalog, pretrain(catalog, progress=False)
 
 
-def test_pretraining_lowers_the_reconstruction_loss(pretrained: tuple[Catalog, Path]) -> None:
-    _catalog, path = pretrained
+def _check_loss_falls(path: Path) -> dict[str, Any]:
     history = json.loads((path.parent / "loss.json").read_text())
     assert [h["step"] for h in history] == [10, 20, 30, 40, 50, 60]
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
@@ -37,6 +44,36 @@ def test_pretraining_lowers_the_reconstruction_loss(pretrained: tuple[Catalog, P
     info = pretrained_info(path)
     assert info is not None and info["modalities"] == ["hs", "lidar"] and info["bands"] == [63, 2]
     assert info["scenes"][0]["name"] == "demo" and info["scenes"][0]["content_hash"]
+    return info
+
+
+def test_patch_pretraining_lowers_the_reconstruction_loss(pretrained: tuple[Catalog, Path]) -> None:
+    _catalog, path = pretrained
+    info = _check_loss_falls(path)
+    assert info["path"] == "patch" and info["window_size"] is None
+
+
+def test_dense_pretraining_lowers_the_reconstruction_loss(small_demo_files: dict[str, Path], tmp_path: Path) -> None:
+    """16 x 16 crops through the windowed blocks; the file holds what trained (the window position, not the patch one)."""
+    path = pretrain(_catalog(small_demo_files, tmp_path, path="dense", crop_size=16, batch_size=2), progress=False)
+    info = _check_loss_falls(path)
+    assert info["path"] == "dense" and info["window_size"] == 8
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    assert "projection.window_position" in saved and "projection.position" not in saved
+    config = ModelConfig(method="mamol", modalities=["hs", "lidar"], bands=[63, 2], num_classes=6, patch_size=3,
+                         pretrained=str(path))
+    model = build_model(config)
+    assert "window_position" in init_from_pretrained(model)  # the dense classifier takes the window embedding
+    assert torch.equal(model.projection.window_position, saved["projection.window_position"])
+
+
+def test_a_dense_crop_that_is_not_whole_windows_is_refused(small_demo_files: dict[str, Path], tmp_path: Path) -> None:
+    catalog = _catalog(small_demo_files, tmp_path, path="dense", crop_size=12)
+    with pytest.raises(InputError, match=r"model.pretrain.crop_size: expected a multiple of model.params.window_size \(8\), found 12"):
+        pretrain(catalog, progress=False)
+    assert not (tmp_path / "pretrained").exists()  # nothing half-written
 
 
 def test_the_file_is_reused_while_the_scenes_are_unchanged(pretrained: tuple[Catalog, Path]) -> None:
