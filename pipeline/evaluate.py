@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated, e.g. baseline,mamol (ablations: mamol:use_dynamic=false)")
     parser.add_argument("--protocol", default="mamol-table1", help="scene (the catalog's protocol, tested on the scene's real availability) | mamol-table1 | mamol-table3 | mamol-table5 | lvpcnet-table1")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the catalog's training.seed)")
+    parser.add_argument("--data-seed", type=int, help="hold the split, test pixels and test mask at this seed: --seeds "
+                        "then vary only the training, and the spread over them is the training's alone")
     parser.add_argument("--scene")
     parser.add_argument("--output", type=Path, help="folder for the tables (default: <output.folder>/<scene>/evaluation/<protocol>)")
     parser.add_argument("--max-test-pixels", type=int, default=5000, help="stratified cap on test pixels (0: all)")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or Path(catalog.output.folder) / scene.name / "evaluation" / args.protocol
         rows = [int(r) for r in args.rows.split(",")] if args.rows else None
         results = evaluate(catalog, args.protocol, methods, seeds, output, scene.name, args.max_test_pixels or None,
-                           not args.quiet, rows, args.inference)
+                           not args.quiet, rows, args.inference, args.data_seed)
         print((output / "table.md").read_text())
         print(f"tables in {output} ({results['seconds']:.0f} s)")
         return 0

@@ -166,11 +166,15 @@ def evaluate(
     progress: bool = True,
     rows: list[int] | None = None,
     inference: str | None = None,
+    data_seed: int | None = None,
 ) -> dict[str, Any]:
     """Run a protocol (or only its ``rows``, 0-based) and write its tables under ``output``; returns the results.
 
     ``inference`` (default: the catalog's ``model.inference``) is ``auto``,
-    ``dense``, ``patch`` or ``both``; see :func:`variant_paths`.
+    ``dense``, ``patch`` or ``both``; see :func:`variant_paths`. ``data_seed``
+    holds the split, the test pixels and the test mask at that seed, so the
+    ``seeds`` vary only the training (initialisation, batches, training masks):
+    the spread over seeds is then the training's alone.
     """
     scene = catalog.scene(scene_name)
     assert scene.labels is not None
@@ -190,11 +194,12 @@ def evaluate(
     started = time.perf_counter()
     footprints: dict[str, np.ndarray] | None = None
     for seed in seeds:
-        data = prepare_training_data(catalog, scene, seed)
+        drawn = seed if data_seed is None else data_seed  # what the data draws (split, test pixels, test mask) follow
+        data = prepare_training_data(catalog, scene, drawn)
         split = data.split
         if footprints is None:
             footprints = footprint_masks(scene, data.ds["labels"] if "labels" in data.ds else data.ds["available"], catalog.path)
-        test_idx = stratified_subset(split.test_targets, max_test_pixels, seed)
+        test_idx = stratified_subset(split.test_targets, max_test_pixels, drawn)
         test_rows, test_cols = split.test_rows[test_idx], split.test_cols[test_idx]
         test_p, test_real = gather_patches(
             data.ds, data.modalities, test_rows, test_cols, data.config.patch_size, data.stats, catalog.output.tile_size,
@@ -205,7 +210,7 @@ def evaluate(
         for s_i, setting in enumerate(settings):
             train_avail = simulated_availability(setting.train, data.train_real, data.modalities, seed)
             val_avail = simulated_availability(setting.train, data.val_real, data.modalities, seed + 1)
-            mask = scene_mask(setting.test, (data.ds.sizes["y"], data.ds.sizes["x"]), data.modalities, seed + 2)
+            mask = scene_mask(setting.test, (data.ds.sizes["y"], data.ds.sizes["x"]), data.modalities, drawn + 2)
             test_avail = mask[:, test_rows, test_cols].T & test_real
             testable = test_avail.any(axis=1)
             test_in = {m: v[testable] for m, v in test_p.items()}
@@ -213,7 +218,7 @@ def evaluate(
             groups = {"patterns": pattern_groups(test_avail[testable], data.modalities),
                       "footprints": {k: m[testable] for k, m in test_footprints.items()}}
 
-            context = {"setting": setting.label, "row": protocol_rows[s_i], "seed": seed,
+            context = {"setting": setting.label, "row": protocol_rows[s_i], "seed": seed, "data_seed": drawn,
                        "test_pixels_without_any_modality": int((~testable).sum())}
             t0 = time.perf_counter()
             forest = fit_forest(data.train_patches, train_avail, split.train_targets, data.modalities, seed)
@@ -243,7 +248,7 @@ def evaluate(
     variants = [*variants, MethodVariant(label=FOREST, method="forest")]
     results = {
         "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
-        "seeds": seeds, "settings": [s.label for s in settings], "classes": names, "max_test_pixels": max_test_pixels,
+        "seeds": seeds, "data_seed": data_seed, "settings": [s.label for s in settings], "classes": names, "max_test_pixels": max_test_pixels,
         "seconds": time.perf_counter() - started, "runs": runs,
         "table": aggregate(runs, [s.label for s in settings], [v.label for v in variants]),
     }
@@ -300,7 +305,7 @@ def aggregate(runs: list[dict[str, Any]], settings: list[str], methods: list[str
     return table
 
 
-MERGED_KEYS = ("scene", "protocol", "classes", "max_test_pixels")
+MERGED_KEYS = ("scene", "protocol", "classes", "max_test_pixels", "data_seed")
 
 
 def read_results(path: Path) -> dict[str, Any]:

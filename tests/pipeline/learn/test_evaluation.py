@@ -111,3 +111,19 @@ def test_runs_split_over_seeds_and_rows_merge_into_one_table(
     assert evaluate_main(["--merge", str(tmp_path / "a"), str(tmp_path / "gone"), "--output", str(tmp_path / "cli2")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "gone/results.json" in err[0] and not (tmp_path / "cli2").exists()
+
+
+def test_a_data_seed_holds_the_test_pixels_and_masks_while_the_seeds_vary_the_training(
+    demo_catalog: Catalog, tmp_path: Path
+) -> None:
+    demo_catalog.training.max_steps = 2
+    demo_catalog.training.epochs = 1
+    results = evaluate(demo_catalog, "mamol-table1", ["baseline"], [0, 1], tmp_path / "eval", max_test_pixels=300,
+                       progress=False, rows=[5], inference="patch", data_seed=3)
+    runs = [r for r in results["runs"] if r["method"] == "baseline"]
+    assert [(r["seed"], r["data_seed"]) for r in runs] == [(0, 3), (1, 3)] and results["data_seed"] == 3
+    # the same test pixels under the same coherent mask: identical counts per pattern and footprint
+    for kind in ("patterns", "footprints"):
+        counts = [{g: v["n"] for g, v in r[kind].items()} for r in runs]
+        assert counts[0] == counts[1], kind
+    assert len(runs[0]["patterns"]) >= 2
