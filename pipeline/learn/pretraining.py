@@ -112,6 +112,7 @@ class PatchPool:
         self.pixels = int(self.present.shape[0])
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """``size`` patches (inputs, availability, no origin: a patch has no place on the window grid)."""
         idx = torch.randint(0, self.pixels, (size,), generator=generator)
         return {m: t[idx] for m, t in self.tensors.items()}, self.present[idx], None
 
@@ -131,12 +132,13 @@ class CropPool:
         self.pixels = int(len(self.corners))
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """``size`` crops (inputs, availability, scene origins), grouped by scene."""
         picked = self.corners[torch.randint(0, self.pixels, (size,), generator=generator).numpy()]
+        picked = picked[np.argsort(picked[:, 0], kind="stable")]
         parts = [self.scenes[i].crops(picked[picked[:, 0] == i, 1], picked[picked[:, 0] == i, 2], self.crop_size)
                  for i in np.unique(picked[:, 0])]
-        inputs = {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]}
-        order = np.concatenate([picked[picked[:, 0] == i, 1:] for i in np.unique(picked[:, 0])])
-        return inputs, torch.cat([p[1] for p in parts]), torch.from_numpy(order.astype(np.int64))
+        inputs = {m: torch.cat([values[m] for values, _ in parts]) for m in parts[0][0]}
+        return inputs, torch.cat([avail for _, avail in parts]), torch.from_numpy(picked[:, 1:].astype(np.int64))
 
 
 def pretrain_window(catalog: Catalog) -> int:
