@@ -317,7 +317,7 @@ def read_results(path: Path) -> dict[str, Any]:
         raise InputError(file, "results.json", "the results of python -m pipeline.evaluate ... --output DIR", "no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(file, "results.json", "JSON written by python -m pipeline.evaluate", str(exc)) from None
-    missing = [k for k in ("runs", "methods", *MERGED_KEYS) if k not in results]
+    missing = [k for k in ("runs", "methods", "scene", "protocol", "classes") if k not in results]  # data_seed came later
     if missing:
         raise InputError(file, missing[0], "a key of an evaluation's results", "none")
     return results
