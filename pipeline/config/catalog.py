@@ -329,6 +329,9 @@ class Training(_Section):
     selection: Literal["last", "best"] = Field(
         default="last", description="weights a stage keeps: 'last' (end of the annealed schedule) or 'best' validation OA")
     grad_clip: float | None = Field(default=1.0, gt=0, description="gradient norm clip per step (none: no clipping)")
+    protocol_masks: Literal["fixed", "per_epoch"] = Field(
+        default="fixed", description="patch path: a training pixel keeps the protocol's pattern drawn once ('fixed', the "
+        "papers' fixed incomplete set) or gets a new draw every epoch ('per_epoch', as the dense path's masks)")
     max_steps: int | None = None
     protocol: Protocol = Field(default_factory=Protocol)
     dense: DenseCrops = Field(default_factory=DenseCrops)

@@ -241,7 +241,7 @@ def evaluate(
                 else:
                     history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
                                   split.val_targets, catalog.training, seed, progress,
-                                  precision=catalog.model.precision, protocol=setting.train)
+                                  precision=catalog.model.precision, protocol=setting.train, train_real=data.train_real)
                     probs = predict(model, test_in, test_avail[testable], precision=catalog.model.precision)
                 runs.append(run_summary(truth, probs.argmax(1), names, groups, method=label, epochs=len(history),
                                         seconds=time.perf_counter() - t0, **context))

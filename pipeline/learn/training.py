@@ -115,6 +115,9 @@ def linear_warmup_decay(total_steps: int, warmup_fraction: float):
     return factor
 
 
+MASK_SEED_STEP = 100003  # epoch e of seed s draws its protocol masks with seed s + e * MASK_SEED_STEP
+
+
 def simulated_availability(protocol: Protocol, real: np.ndarray, modalities: list[str], seed: int) -> np.ndarray:
     """The protocol's availability for each sample, ANDed with what the scene really has.
 
@@ -213,8 +216,15 @@ def fit(
     device: str | torch.device | None = None,
     precision: str = "auto",
     protocol: Protocol | None = None,
+    train_real: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
     """Train every stage of ``model`` in place, on ``device`` (default: the GPU when there is one).
+
+    ``train_avail`` is the training samples' availability under ``protocol``;
+    with ``train_real`` (their real availability) and ``training.protocol_masks:
+    per_epoch``, every epoch after the first draws the protocol's patterns anew
+    (:func:`simulated_availability`), so each pixel trains under every pattern
+    over the epochs instead of one.
 
     Each stage runs its whole learning-rate schedule (warm-up, then linear decay
     to 0). ``training.selection`` says which weights a stage keeps: ``last`` (the
@@ -239,6 +249,7 @@ def fit(
     targets_t = torch.from_numpy(train_targets.astype(np.int64))
     tensors = {m: torch.from_numpy(v) for m, v in train_patches.items()}
     avail_t = torch.from_numpy(train_avail)
+    redraw = protocol is not None and train_real is not None and getattr(training, "protocol_masks", "fixed") == "per_epoch"
     with deterministic_cuda(device):
         for stage in model.stages():
             params = model.configure_stage(stage)
@@ -255,6 +266,10 @@ def fit(
             bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
             for epoch in range(training.epochs):
                 model.train()
+                if redraw and epoch:
+                    assert protocol is not None and train_real is not None
+                    drawn = simulated_availability(protocol, train_real, model.config.modalities, seed + MASK_SEED_STEP * epoch)
+                    avail_t = torch.from_numpy(drawn)
                 order = torch.randperm(n, generator=generator)
                 losses = []
                 for start in range(0, n, batch_size):
@@ -364,7 +379,7 @@ def train(
         history = fit_dense(model, ds, stats, split, catalog.training, protocol, seed, progress, catalog.model.precision)
     else:
         history = fit(model, train_p, train_avail, split.train_targets, val_p, val_avail, split.val_targets, catalog.training, seed, progress,
-                      precision=catalog.model.precision, protocol=protocol)
+                      precision=catalog.model.precision, protocol=protocol, train_real=data.train_real)
 
     assert scene.labels is not None  # model_config_for refused a scene without labels
     metadata = {
