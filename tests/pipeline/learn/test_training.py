@@ -117,3 +117,26 @@ def test_protocol_mmp_masks_every_method_once() -> None:
         assert abs(drawn.all(dim=1).float().mean().item() - 1 / 3) < 0.03, method
     baseline = build_model(config)
     assert torch.equal(step_availability(baseline, Protocol(kind="eta"), complete, torch.Generator()), complete)
+
+
+def test_per_epoch_protocol_masks_redraw_the_patterns_after_the_first_epoch() -> None:
+    """Same first epoch as ``fixed`` (the caller's draw), different weights once the second epoch redraws."""
+    from models import ModelConfig, build_model
+    from pipeline.config.catalog import Protocol, Training
+    from pipeline.learn.training import fit, simulated_availability
+
+    patches, real, targets = _tiny_problem()
+    protocol = Protocol(kind="eta", eta=0.7)
+    drawn = simulated_availability(protocol, real, ["hs", "lidar"], 0)
+    assert not drawn.all()  # the protocol hides a modality on most samples
+    config = ModelConfig(method="baseline", modalities=["hs", "lidar"], bands=[4, 2], num_classes=3, patch_size=3)
+    weights = {}
+    for masks, epochs in (("fixed", 1), ("per_epoch", 1), ("fixed", 2), ("per_epoch", 2)):
+        torch.manual_seed(0)
+        model = build_model(config)
+        training = Training(epochs=epochs, batch_size=32, protocol_masks=masks)
+        fit(model, patches, drawn, targets, patches, drawn, targets, training, 0, progress=False, device="cpu",
+            protocol=protocol, train_real=real)
+        weights[masks, epochs] = model.head.weight.detach().clone()
+    assert torch.equal(weights["fixed", 1], weights["per_epoch", 1])
+    assert not torch.equal(weights["fixed", 2], weights["per_epoch", 2])
