@@ -78,7 +78,6 @@ class MaskedPixelModel(nn.Module):
             for m, part in zip(self.modalities, self.projection.modality_slices())
         }
 
-
     def forward_dense(self, inputs: dict[str, Tensor], visible: Tensor, origin: Tensor | None = None) -> dict[str, Tensor]:
         """Reconstructions (B, C_m, H, W) of every pixel of crops (B, C_m, H, W) starting at scene ``origin`` (B, 2).
 
