@@ -11,7 +11,7 @@ Common ``config.params``:
     quick_gelu: force the blocks' activation (default: from the weights, see
         ``models.backbone.uses_quick_gelu``).
     window_size: side in pixels of the dense path's attention windows (even;
-        default 8); only classes with ``supports_dense`` use it (see ``models.dense``).
+        default 4); only classes with ``supports_dense`` use it (see ``models.dense``).
     dense_readout: what the dense path's head reads at a pixel: ``"patch_mean"``
         (default) each modality's output tokens averaged over the P x P
         neighbourhood, as the patch path's head reads the mean of its patch's
@@ -36,7 +36,7 @@ from models.registry import available_methods, method_class
 log = logging.getLogger(__name__)
 
 COMMON_PARAMS: dict[str, Any] = {
-    "missing_tokens": "zero", "freeze_backbone": None, "quick_gelu": None, "window_size": 8, "dense_readout": "patch_mean",
+    "missing_tokens": "zero", "freeze_backbone": None, "quick_gelu": None, "window_size": 4, "dense_readout": "patch_mean",
 }
 DENSE_READOUTS = ("patch_mean", "pixel")
 
