@@ -60,8 +60,8 @@ def trains_dense(requested_inference: str, method: type[MissingModalityClassifie
     """Whether a method trains densely under catalog ``model.inference``: the one rule ``train`` and ``evaluate`` follow.
 
     ``dense``: every method with the dense path; ``auto``: the methods whose dense path
-    held the patch path's accuracy (``dense_by_default``: MaMOL; docs/accuracy.md);
-    ``patch``: none.
+    held the patch path's accuracy on every measured row (``dense_by_default``; none yet,
+    docs/accuracy.md); ``patch``: none.
     """
     if requested_inference == "auto":
         return method.supports_dense and method.dense_by_default
