@@ -188,6 +188,6 @@ def test_parameter_count_on_vit_b_16_with_the_backbone_frozen() -> None:
             trainable[name.split(".")[0]] = trainable.get(name.split(".")[0], 0) + p.numel()
     assert sum(p.numel() for p in model.backbone.parameters()) == 85_057_536
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    # projection: band maps, patch position and modality embeddings, and the dense path's 8 x 8 window positions
-    assert trainable == {"mixtures": 686_220, "projection": 139_776, "head": 9_222, "pattern_embedding": 128}
-    assert sum(trainable.values()) == 835_346
+    # projection: band maps, patch position and modality embeddings, and the dense path's 4 x 4 window positions
+    assert trainable == {"mixtures": 686_220, "projection": 102_912, "head": 9_222, "pattern_embedding": 128}
+    assert sum(trainable.values()) == 798_482
