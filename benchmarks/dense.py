@@ -68,12 +68,13 @@ def scene_stats(ds: xr.Dataset, modalities: list[str], pixels: int = 2000, seed:
     return compute_norm_stats(ds, modalities, rng.integers(0, ds.sizes["y"], pixels), rng.integers(0, ds.sizes["x"], pixels))
 
 
-def loaded_model(ds: xr.Dataset, preset: str, patch_size: int, precision: str, method: str = "mamol") -> LoadedClassifier:
+def loaded_model(ds: xr.Dataset, preset: str, patch_size: int, precision: str, method: str = "mamol",
+                 device: torch.device | None = None) -> LoadedClassifier:
     modalities = [str(m) for m in ds["modality"].values]
     bands = [int(ds.sizes[f"band_{m}"]) for m in modalities]
     torch.manual_seed(0)
-    model = build_model(ModelConfig(method, modalities, bands, 6, patch_size=patch_size, backbone=preset)).eval()
-    device = torch.device("cpu")
+    device = device or torch.device("cpu")
+    model = build_model(ModelConfig(method, modalities, bands, 6, patch_size=patch_size, backbone=preset)).to(device).eval()
     return LoadedClassifier(model, scene_stats(ds, modalities), np.arange(1, 7, dtype=np.uint8), device, autocast_dtype(device, precision))
 
 
@@ -130,12 +131,12 @@ def naive_path(scene_store: Path, loaded: LoadedClassifier, window: Window, repe
     rr, cc = np.mgrid[window.row : window.row + window.height, window.col : window.col + window.width]
     patches, available = materialised_patches(scene, rr.ravel(), cc.ravel(), cfg.patch_size)
     dataset = Materialised(patches, available)
-    classify_pixels(loaded.model, dataset, BATCHES[0], loaded.dtype)
+    classify_pixels(loaded.model, dataset, BATCHES[0], loaded.dtype, loaded.device)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rows = {}
     for batch in BATCHES:
-        seconds = median_seconds(partial(classify_pixels, loaded.model, dataset, batch, loaded.dtype), repeats)
+        seconds = median_seconds(partial(classify_pixels, loaded.model, dataset, batch, loaded.dtype, loaded.device), repeats)
         rows[str(batch)] = round(len(dataset) / seconds, 2)
     best = max(rows, key=lambda k: rows[k])
     patch_bytes = sum(v.numel() * v.element_size() for v in patches.values())
@@ -147,27 +148,27 @@ def naive_path(scene_store: Path, loaded: LoadedClassifier, window: Window, repe
 @torch.inference_mode()
 def flops_per_pixel(loaded: LoadedClassifier, ds: xr.Dataset, dense: bool, tile: int = 64, batch: int = 64) -> float:
     """FLOPs per classified pixel of one forward pass (dense: a tile with its halo; patch: a batch)."""
-    model, cfg = loaded.model, loaded.model.config
+    model, cfg, device = loaded.model, loaded.model.config, loaded.device
     g = torch.Generator().manual_seed(0)
     with FlopCounterMode(display=False) as counter:
         if dense:
             size = tile + 2 * model.receptive_radius
-            inputs = {m: torch.randn(1, c, size, size, generator=g) for m, c in zip(cfg.modalities, cfg.bands)}
-            available = torch.ones(1, len(cfg.modalities), size, size, dtype=torch.bool)
-            model.forward_dense(inputs, available, torch.zeros(1, 2, dtype=torch.long), margin=model.receptive_radius)
+            inputs = {m: torch.randn(1, c, size, size, generator=g).to(device) for m, c in zip(cfg.modalities, cfg.bands)}
+            available = torch.ones(1, len(cfg.modalities), size, size, dtype=torch.bool, device=device)
+            model.forward_dense(inputs, available, torch.zeros(1, 2, dtype=torch.long, device=device), margin=model.receptive_radius)
             pixels = tile * tile
         else:
             p = cfg.patch_size
-            inputs = {m: torch.randn(batch, c, p, p, generator=g) for m, c in zip(cfg.modalities, cfg.bands)}
-            model(inputs, torch.ones(batch, len(cfg.modalities), dtype=torch.bool))
+            inputs = {m: torch.randn(batch, c, p, p, generator=g).to(device) for m, c in zip(cfg.modalities, cfg.bands)}
+            model(inputs, torch.ones(batch, len(cfg.modalities), dtype=torch.bool, device=device))
             pixels = batch
     return counter.get_total_flops() / pixels
 
 
 def compare(scene_store: Path, preset: str, patch_size: int, precision: str, patch_window: tuple[int, int],
-            tiles: tuple[int, ...], naive: bool, repeats: int) -> dict[str, Any]:
+            tiles: tuple[int, ...], naive: bool, repeats: int, device: torch.device | None = None) -> dict[str, Any]:
     ds = xr.open_zarr(scene_store, chunks=None)
-    loaded = loaded_model(ds, preset, patch_size, precision)
+    loaded = loaded_model(ds, preset, patch_size, precision, device=device)
     shape = (ds.sizes["y"], ds.sizes["x"])
     row: dict[str, Any] = {"preset": preset, "patch_size": patch_size, "method": loaded.model.config.method,
                            "precision": "bfloat16" if loaded.dtype == torch.bfloat16 else "float32",
@@ -184,17 +185,19 @@ def compare(scene_store: Path, preset: str, patch_size: int, precision: str, pat
 
 
 def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repeats: int, preset: str = "ViT-B-16",
-            matmul_size: int = 4096) -> dict[str, Any]:
+            matmul_size: int = 4096, device: torch.device | None = None,
+            patch_pixels: tuple[int, int] = (4, 16)) -> dict[str, Any]:
     """ViT-B-16 (random weights) dense and patch px/s, fraction of the measured matmul peak, and the scene's dense time."""
     ds = xr.open_zarr(scene_store, chunks=None)
-    loaded = loaded_model(ds, preset, patch_size, precision)
+    loaded = loaded_model(ds, preset, patch_size, precision, device=device)
     shape = (ds.sizes["y"], ds.sizes["x"])
     row: dict[str, Any] = {"preset": preset, "patch_size": patch_size, "window_size": loaded.model.window_size,
                            "precision": "bfloat16" if loaded.dtype == torch.bfloat16 else "float32"}
     window = centre(shape, tile, tile)
-    patch_window = centre(shape, 4, 16)
+    patch_window = centre(shape, *patch_pixels)
+    patch_batch = min(256, patch_window.height * patch_window.width)
     seconds, flops = {}, {}
-    for path, win, batch in (("dense", window, "auto"), ("patch", patch_window, 64)):
+    for path, win, batch in (("dense", window, "auto"), ("patch", patch_window, patch_batch)):
         # one run each (minutes on 2 cores), its FLOPs counted as it runs (the counter costs little beside them)
         classify_window(ds, loaded, centre(shape, 8, 8), batch, path)  # warm-up on a few pixels
         with FlopCounterMode(display=False) as counter:
@@ -203,9 +206,11 @@ def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repea
     dense_seconds, patch_seconds = seconds["dense"], seconds["patch"]
     row["dense"] = {"tile": [window.height, window.width], "halo": int(loaded.model.receptive_radius),
                     "seconds_per_tile": round(dense_seconds, 2), "px_per_s": round(window.height * window.width / dense_seconds, 2)}
-    row["patch"] = {"pixels": 64, "batch": 64, "seconds": round(patch_seconds, 2), "px_per_s": round(64 / patch_seconds, 3)}
+    patch_count = patch_window.height * patch_window.width
+    row["patch"] = {"pixels": patch_count, "batch": patch_batch, "seconds": round(patch_seconds, 2),
+                    "px_per_s": round(patch_count / patch_seconds, 3)}
     row["dense_vs_patch"] = round(row["dense"]["px_per_s"] / row["patch"]["px_per_s"], 1)
-    peak = matmul_peak_tflops("cpu", size=matmul_size, repeats=3, dtype=torch.bfloat16 if loaded.dtype == torch.bfloat16 else torch.float32)
+    peak = matmul_peak_tflops(loaded.device.type, size=matmul_size, repeats=3, dtype=torch.bfloat16 if loaded.dtype == torch.bfloat16 else torch.float32)
     row["matmul_peak_tflops"] = round(peak, 4)
     for path in ("dense", "patch"):
         achieved = row[path]["px_per_s"] * flops[path] / 1e12
@@ -219,22 +224,31 @@ def vit_b16(scene_store: Path, precision: str, patch_size: int, tile: int, repea
     return row
 
 
-def bench_dense(scene_store: Path, quick: bool = False, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every comparison of the module docstring, on ``scene_store`` (the demo scene, Trento's size).
+def bench_dense(scene_store: Path, quick: bool = False, save: Callable[[dict[str, Any]], None] | None = None,
+                device: torch.device | None = None) -> dict[str, Any]:
+    """Every comparison of the module docstring, on ``scene_store`` (the demo scene, Trento's size), on ``device``
+    (default: the CPU).
 
     ``save`` is called with the results after each part, so a long run keeps what it measured.
+    On CUDA the patch windows are larger (a few patches per batch would time the launch, not the path)
+    and the matmul peak is an 8192-cube product.
     """
+    device = device or torch.device("cpu")
+    gpu = device.type == "cuda"
     repeats = 1 if quick else REPEATS
     tiles = (32,) if quick else TILES
     precision = "auto"
     started = time.perf_counter()
-    out: dict[str, Any] = {"repeats": repeats, "threads": torch.get_num_threads()}
+    out: dict[str, Any] = {"repeats": repeats, "threads": torch.get_num_threads(), "device": str(device)}
+    windows = ((16, 32), (8, 16)) if quick else ((64, 256), (32, 128)) if gpu else ((32, 64), (16, 32))
     parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("tiny_patch5", lambda: compare(scene_store, "tiny", 5, precision, (16, 32) if quick else (32, 64), tiles, True, repeats)),
-        ("tiny_patch11", lambda: compare(scene_store, "tiny", 11, precision, (8, 16) if quick else (16, 32), tiles, False, repeats)),
+        ("tiny_patch5", lambda: compare(scene_store, "tiny", 5, precision, windows[0], tiles, True, repeats, device)),
+        ("tiny_patch11", lambda: compare(scene_store, "tiny", 11, precision, windows[1], tiles, False, repeats, device)),
     ]
     if not quick:
-        parts.append(("vit_b16", lambda: vit_b16(scene_store, precision, 7, 256, repeats=1)))
+        parts.append(("vit_b16", lambda: vit_b16(scene_store, precision, 7, 256, repeats=1, device=device,
+                                                 patch_pixels=(16, 64) if gpu else (4, 16),
+                                                 matmul_size=8192 if gpu else 4096)))
     for name, part in parts:
         out[name] = part()
         out["seconds"] = round(time.perf_counter() - started, 1)

@@ -67,14 +67,15 @@ class PixelPatches(Dataset):
 
 @torch.no_grad()
 def classify_pixels(model: MissingModalityClassifier, dataset: Dataset, batch_size: int = 64,
-                    dtype: torch.dtype | None = None) -> tuple[np.ndarray, float]:
-    """Class indices (argmax) for every item of ``dataset`` and the seconds the loop took."""
+                    dtype: torch.dtype | None = None, device: torch.device | None = None) -> tuple[np.ndarray, float]:
+    """Class indices (argmax) for every item of ``dataset`` and the seconds the loop took (batches moved to ``device``)."""
+    device = device or torch.device("cpu")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     out = []
     started = time.perf_counter()
     with autocast:
         for patches, available in loader:
-            logits = model(patches, available)
-            out.append(logits.float().argmax(dim=-1).numpy())
+            logits = model({m: v.to(device) for m, v in patches.items()}, available.to(device))
+            out.append(logits.float().argmax(dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64), time.perf_counter() - started

@@ -234,7 +234,7 @@ def bench_gpu(device: str, quick: bool) -> dict[str, Any]:
     return patch_throughput("cuda", preset="ViT-B-16", batch=64 if quick else 512, steps=3 if quick else 20)
 
 
-def run_dense(settings: Settings, work: Path, output: Path, cleanup: bool, quick: bool) -> int:
+def run_dense(settings: Settings, work: Path, output: Path, cleanup: bool, quick: bool, device: str = "cpu") -> int:
     """``--only dense``: ingest the demo-sized scene, compare the paths, write ``output/dense.json``."""
     from benchmarks.dense import bench_dense
     from pipeline.data.ingest import ingest_scene
@@ -243,14 +243,14 @@ def run_dense(settings: Settings, work: Path, output: Path, cleanup: bool, quick
         generate_scene(work / "scene-1x", settings.base_shape)
         catalog = demo_catalog(work / "scene-1x", work / "dense-out")
         store = ingest_scene(catalog, catalog.scenes[0])
-        results: dict[str, Any] = {"environment": environment("cpu")}
+        results: dict[str, Any] = {"environment": environment(device)}
 
         def save(dense: dict[str, Any]) -> None:
             results["dense"] = dense
             results["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
             write_json(output / "dense.json", results)
 
-        bench_dense(local_path(store), quick, save)
+        bench_dense(local_path(store), quick, save, torch.device(device))
     finally:
         if cleanup:
             shutil.rmtree(work, ignore_errors=True)
@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results", help="folder for results.json and summary.md")
     parser.add_argument("--quick", action="store_true", help="small scene, few steps: check that the benchmark works")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the GPU benchmark runs (cuda) or is skipped (cpu)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the GPU benchmark runs (cuda) or is skipped (cpu); with --only dense, where both paths run")
     parser.add_argument("--scales", help="scene areas for the memory benchmark, in multiples of the demo's (default 1,4,16)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"what to run, of {','.join(PARTS)} (workers and throughput need demo)")
     parser.add_argument("--workdir", type=Path, help="keep the generated scenes and outputs here (default: a temporary folder)")
@@ -280,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
 
     if args.only == "dense":
-        return run_dense(settings, work, args.output, args.workdir is None, args.quick)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here")
+        return run_dense(settings, work, args.output, args.workdir is None, args.quick, args.device)
 
     from benchmarks.throughput import engine_vs_naive
 

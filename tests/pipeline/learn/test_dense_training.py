@@ -121,7 +121,7 @@ def _fit(catalog: Catalog, data, split, seed: int = 0) -> dict[str, torch.Tensor
     training = SimpleNamespace(epochs=1, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=2, grad_clip=1.0)
     fit_dense(model, data.ds, data.stats, split, training, Protocol(kind="eta", eta=0.5), seed, progress=False,
               precision="float32", settings=DenseCrops(crop_size=16, context=8, crops_per_batch=4, val_tile=256))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # on CUDA too: compared with CPU weights
 
 
 @pytest.mark.slow
