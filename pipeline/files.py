@@ -20,9 +20,12 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import dask
 
 from pipeline.storage import (
     Location,
@@ -150,6 +153,24 @@ def atomic_store(path: str | os.PathLike[str] | Location) -> Iterator[Location]:
     remove_tree(location)
     yield location
     mark_complete(location)
+
+
+@contextmanager
+def awaited_dask_tasks() -> Iterator[None]:
+    """Dask's threaded scheduler on a private pool whose exit waits for the tasks still running.
+
+    When one task of a computation fails, dask raises at once while the tasks already running
+    go on; a writer's tasks then re-create the folders of a staging directory that the failed
+    write has just removed (seen with 16 threads on a full disk). Enter it after the staging
+    directory (``with atomic_store(path) as staging, awaited_dask_tasks():``) so that its exit,
+    which comes first, waits for them before the staging directory is removed.
+    """
+    pool = ThreadPoolExecutor(max_workers=dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    try:
+        with dask.config.set(pool=pool):
+            yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str] | Location) -> list[Path]:

@@ -28,7 +28,7 @@ from pipeline.data.grid import SceneGrid, align, scene_grid
 from pipeline.data.labels import scene_labels
 from pipeline.data.sources import read_source
 from pipeline.data.store import band_dim, scene_store_path, wavelength_coord
-from pipeline.files import atomic_store
+from pipeline.files import atomic_store, awaited_dask_tasks
 from pipeline.storage import (
     Location,
     configure_gdal,
@@ -200,7 +200,7 @@ def _write_atomically(ds: xr.Dataset, path: Location) -> None:
 
     On an object store the store is written in place and its completion marker written last.
     """
-    with atomic_store(path) as staging:
+    with atomic_store(path) as staging, awaited_dask_tasks():
         ds.to_zarr(url(staging), mode="w", zarr_format=3, consolidated=True, **zarr_kwargs(staging))
 
 
