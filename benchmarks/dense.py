@@ -43,7 +43,7 @@ from benchmarks.gpu import matmul_peak_tflops
 from benchmarks.naive import InMemoryScene, classify_pixels, load_scene
 from models import ModelConfig, build_model
 from pipeline.data.patches import NormStats, Window, compute_norm_stats
-from pipeline.inference.classify import LoadedClassifier, autocast_dtype, classify_window
+from pipeline.inference.classify import LoadedClassifier, autocast_dtype, classify_window, dense_block_for
 from pipeline.inference.tiling import tile_windows
 
 REPEATS = 3
@@ -75,7 +75,8 @@ def loaded_model(ds: xr.Dataset, preset: str, patch_size: int, precision: str, m
     torch.manual_seed(0)
     device = device or torch.device("cpu")
     model = build_model(ModelConfig(method, modalities, bands, 6, patch_size=patch_size, backbone=preset)).to(device).eval()
-    return LoadedClassifier(model, scene_stats(ds, modalities), np.arange(1, 7, dtype=np.uint8), device, autocast_dtype(device, precision))
+    return LoadedClassifier(model, scene_stats(ds, modalities), np.arange(1, 7, dtype=np.uint8), device, autocast_dtype(device, precision),
+                            dense_block_for(device))
 
 
 def centre(shape: tuple[int, int], height: int, width: int) -> Window:

@@ -72,6 +72,19 @@ class TileTask:
     inference: str = "patch"  # resolved: 'patch' or 'dense' (see inference_path)
 
 
+# On CUDA the dense path classifies a tile as blocks of this many pixels (square, anchored to the scene grid),
+# each with its halo: cuBLAS picks its kernels by the shape of the products, so a tile of another size gave
+# other kernels and, on an H100, 2 of 10,240 pixels another class; blocks of one size give every pass one
+# shape and every block the same input whatever the tile. On a CPU the tile is one pass (the map is already
+# the same for every tile size there, and larger passes are faster).
+DENSE_BLOCK_CUDA = 128
+
+
+def dense_block_for(device: torch.device) -> int | None:
+    """Side of the fixed dense blocks on ``device`` (None: a tile is one pass)."""
+    return DENSE_BLOCK_CUDA if device.type == "cuda" else None
+
+
 @dataclass
 class LoadedClassifier:
     model: MissingModalityClassifier
@@ -79,6 +92,7 @@ class LoadedClassifier:
     class_values: np.ndarray
     device: torch.device
     dtype: torch.dtype | None
+    dense_block: int | None = None  # see DENSE_BLOCK_CUDA; None: a tile is one dense pass
 
 
 _CACHE: dict[str, LoadedClassifier] = {}
@@ -141,6 +155,7 @@ def load_classifier(checkpoint: str, checkpoint_hash: str, precision: str = "aut
         class_values=np.asarray([c["value"] for c in metadata["classes"]], dtype=np.uint8),
         device=device,
         dtype=autocast_dtype(device, precision),
+        dense_block=dense_block_for(device),
     )
     _CACHE.clear()  # one model per worker at a time
     _CACHE[key] = loaded
@@ -162,8 +177,32 @@ def logits_to_map(logits: Tensor, loaded: LoadedClassifier) -> tuple[np.ndarray,
     return loaded.class_values[idx.cpu().numpy()], conf.cpu().numpy()
 
 
-@torch.inference_mode()
 def classify_window_dense(ds: xr.Dataset, loaded: LoadedClassifier, window: Window) -> dict[str, np.ndarray]:
+    """Class value, confidence and pattern code for every pixel of ``window`` on the dense path.
+
+    One pass over the window, or (``loaded.dense_block``) one pass per fixed block of the scene
+    grid that the window touches, cropped to it.
+    """
+    block = loaded.dense_block
+    if block is None:
+        return dense_pass(ds, loaded, window)
+    first_row, first_col = window.row // block * block, window.col // block * block
+    out: dict[str, np.ndarray] = {}
+    for row in range(first_row, window.row + window.height, block):
+        for col in range(first_col, window.col + window.width, block):
+            part = dense_pass(ds, loaded, Window(row, col, block, block))
+            r0, r1 = max(row, window.row), min(row + block, window.row + window.height)
+            c0, c1 = max(col, window.col), min(col + block, window.col + window.width)
+            for key, values in part.items():
+                if key not in out:
+                    out[key] = np.empty((window.height, window.width), dtype=values.dtype)
+                out[key][r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = \
+                    values[r0 - row : r1 - row, c0 - col : c1 - col]
+    return out
+
+
+@torch.inference_mode()
+def dense_pass(ds: xr.Dataset, loaded: LoadedClassifier, window: Window) -> dict[str, np.ndarray]:
     """One dense forward pass over ``window`` grown by the model's receptive radius; the halo is cropped off."""
     model = loaded.model
     modalities = model.config.modalities

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from pipeline.config.catalog import Catalog
 from pipeline.config.errors import CheckpointError
 from pipeline.data.ingest import ingest_scene
 from pipeline.data.patches import Window, compute_norm_stats
-from pipeline.inference.classify import LoadedClassifier, classify_window, inference_path
+from pipeline.inference.classify import LoadedClassifier, classify_window, dense_block_for, inference_path
 from pipeline.inference.tiling import tile_windows
 
 
@@ -37,6 +39,22 @@ def scene_and_model(demo_catalog: Catalog) -> tuple[xr.Dataset, LoadedClassifier
                          backbone="tiny", params={"window_size": 4})
     model = build_model(config).eval()
     return ds, LoadedClassifier(model, stats, np.arange(1, 7, dtype=np.uint8), torch.device("cpu"), None)
+
+
+def test_fixed_dense_blocks_give_what_one_pass_over_the_tile_gives(scene_and_model) -> None:
+    # CUDA classifies a tile as fixed blocks of the scene grid (one shape per pass, see DENSE_BLOCK_CUDA):
+    # stitched and cropped, they must give the tile's own pass, also for tiles off the block grid and at the
+    # scene's edge, where blocks reach past the scene
+    ds, loaded = scene_and_model
+    assert dense_block_for(torch.device("cuda")) == 128 and dense_block_for(torch.device("cpu")) is None
+    blocked = dataclasses.replace(loaded, dense_block=16)
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    for window in (Window(0, 0, 40, 72), Window(5, 30, 20, 21), Window(ny - 12, nx - 30, 12, 30)):
+        one_pass = classify_window(ds, loaded, window, inference="dense")
+        in_blocks = classify_window(ds, blocked, window, inference="dense")
+        assert one_pass.keys() == in_blocks.keys()
+        for key, values in one_pass.items():
+            np.testing.assert_array_equal(in_blocks[key], values, err_msg=f"{key} of {window}")
 
 
 def test_dense_tiles_stitch_into_the_whole_scene_map_bit_for_bit(scene_and_model) -> None:
