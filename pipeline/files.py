@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.threaded
 
 from pipeline.storage import (
     Location,
@@ -165,7 +166,9 @@ def awaited_dask_tasks() -> Iterator[None]:
     directory (``with atomic_store(path) as staging, awaited_dask_tasks():``) so that its exit,
     which comes first, waits for them before the staging directory is removed.
     """
-    pool = ThreadPoolExecutor(max_workers=dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    # dask's own pool class where it has one (it carries contextvars into the tasks, as dask's default pool does)
+    executor = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", ThreadPoolExecutor)
+    pool = executor(max_workers=dask.config.get("num_workers", None) or os.cpu_count() or 1)
     try:
         with dask.config.set(pool=pool):
             yield
