@@ -138,8 +138,8 @@ class MaMOL(PatchTransformerClassifier):
 
     default_params = MAMOL_PARAMS
     supports_dense = True
-    # auto keeps patches: at the catalogs' 15 epochs the dense path is up to 7 points ahead on most mamol-table1
-    # rows but 1.1-1.3 behind on the MUUFL scene's HS-dominant ones, past the 1-point bound (docs/accuracy.md)
+    # auto keeps patches: at the catalogs' 15 epochs the dense path is up to 4.6 points ahead on most mamol-table1
+    # rows but 1.1-1.3 behind on three MUUFL rows and 8 behind on the Trento benchmark scene (docs/accuracy.md)
     dense_by_default = False
 
     def __init__(self, config: ModelConfig) -> None:
