@@ -57,15 +57,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 @contextlib.contextmanager
 def deterministic_cuda(device: torch.device) -> Iterator[None]:
-    """Deterministic CUDA kernels while training, so one seed gives one set of weights on one device."""
+    """Deterministic CUDA kernels while training, so one seed gives one set of weights on one device.
+
+    cuDNN's fused attention has no deterministic backward (torch only warns under
+    ``warn_only``, as an H100 run showed), so it is off inside: attention then runs
+    on the other scaled-dot-product kernels.
+    """
     if device.type != "cuda":
         yield
         return
-    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                torch.backends.cuda.cudnn_sdp_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.enable_cudnn_sdp(False)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark = previous[1]
+        torch.backends.cuda.enable_cudnn_sdp(previous[2])
