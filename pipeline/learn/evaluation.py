@@ -75,8 +75,16 @@ class MethodVariant:
         params: dict[str, Any] = {}
         for item in filter(None, rest.split(";")):
             key, _, value = item.partition("=")
-            params[key] = json.loads(value) if value not in ("",) else True
+            params[key] = parse_value(value) if value else True
         return cls(label=text, method=method, params=params)
+
+
+def parse_value(text: str) -> Any:
+    """A variant's parameter value: JSON (``false``, ``4``, ``[1, 2]``), else the text itself (``pixel``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _rates(rates: dict[str, float]) -> Protocol:

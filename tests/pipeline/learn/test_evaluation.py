@@ -70,6 +70,12 @@ def test_variant_paths_follow_the_methods_dense_support() -> None:
         variant_paths(baseline, "sparse")
 
 
+def test_a_variants_values_are_json_or_plain_text() -> None:
+    variant = MethodVariant.parse("mamol:use_dynamic=false;num_experts=4;dense_readout=pixel;ranks=[2, 4];lora")
+    assert variant.method == "mamol" and variant.label.startswith("mamol:use_dynamic=false")
+    assert variant.params == {"use_dynamic": False, "num_experts": 4, "dense_readout": "pixel", "ranks": [2, 4], "lora": True}
+
+
 def test_runs_split_over_seeds_and_rows_merge_into_one_table(
     demo_catalog: Catalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
