@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", help="comma-separated 0-based rows of the protocol to run (default: all)")
     parser.add_argument("--inference", choices=("auto", "dense", "patch", "both"),
                         help="train and test on the dense or the patch path (default: the catalog's model.inference; "
-                             "dense: dense for methods that have it; auto: each method's default, dense for MaMOL; patch: patches); "
+                             "dense: dense for methods that have it; auto: each method's dense_by_default, "
+                             "patches for every method today; patch: patches); "
                              "both: each dense method on both, side by side")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
