@@ -16,6 +16,8 @@ Common ``config.params``:
         (default) each modality's output tokens averaged over the P x P
         neighbourhood, as the patch path's head reads the mean of its patch's
         tokens; ``"pixel"`` the pixel's own tokens.
+    local_kernel: 0 (default) or an odd k: the dense path adds to each token a
+        depthwise k x k convolution of its modality's tokens (``models.projection``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 COMMON_PARAMS: dict[str, Any] = {
     "missing_tokens": "zero", "freeze_backbone": None, "quick_gelu": None, "window_size": 4, "dense_readout": "patch_mean",
+    "local_kernel": 0,
 }
 DENSE_READOUTS = ("patch_mean", "pixel")
 
@@ -57,7 +60,8 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         width = self.backbone.width
         self.window_size = dense.check_window_size(int(self.params["window_size"])) if self.supports_dense else None
         self.projection = ModalityProjection(
-            config.modalities, config.bands, config.patch_size, width, self.params["missing_tokens"], self.window_size
+            config.modalities, config.bands, config.patch_size, width, self.params["missing_tokens"], self.window_size,
+            int(self.params["local_kernel"]) if self.supports_dense else 0,
         )
         self.head = nn.Linear(len(config.modalities) * width, config.num_classes)
         self.dense_readout = str(self.params["dense_readout"])
@@ -99,7 +103,8 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         """Pixels around a pixel that its dense logits can depend on: the tile halo mapping reads."""
         if self.window_size is None:
             raise NotImplementedError(f"{type(self).__name__} has no dense path")
-        return dense.receptive_radius(self.backbone.layers, self.window_size) + self.readout_radius
+        blocks = dense.receptive_radius(self.backbone.layers, self.window_size)
+        return blocks + self.readout_radius + self.projection.local_kernel // 2
 
     @property
     def readout_radius(self) -> int:

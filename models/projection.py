@@ -14,7 +14,12 @@ With ``window_size`` set, :meth:`ModalityProjection.dense` embeds whole
 crops for the dense path (``models.dense``): the same band maps and modality
 embeddings, a position embedding per position inside a W x W window (scene
 coordinates), and per-pixel missing tokens (zero, or the centre position's
-dummy).
+dummy). With ``local_kernel`` k > 0 each present token of a modality also gets a
+depthwise k x k convolution of its modality's present tokens around it (a
+convolutional position encoding, CPVT's PEG): the pixel-exact local geometry
+(a height edge, a curb) that W x W windows with one position per window slot
+encode only coarsely. Zero-initialised, so training starts from the plain
+embedding; it widens the receptive radius by k // 2.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class ModalityProjection(nn.Module):
         width: token width (the backbone's).
         missing_tokens: ``"zero"`` or ``"dummy"``.
         window_size: side (pixels) of the dense path's attention windows, or None (patch path only).
+        local_kernel: side of the dense path's depthwise convolution of the tokens (odd), 0 for none.
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class ModalityProjection(nn.Module):
         width: int,
         missing_tokens: str = "zero",
         window_size: int | None = None,
+        local_kernel: int = 0,
     ) -> None:
         super().__init__()
         if missing_tokens not in MISSING_TOKEN_MODES:
@@ -72,6 +79,18 @@ class ModalityProjection(nn.Module):
             # drawn from a forked RNG: the patch path's parameters initialise exactly as without the dense path
             with torch.random.fork_rng(devices=[]):
                 self.window_position = nn.Parameter(scale * torch.randn(window_size * window_size, width))
+        if local_kernel < 0 or (local_kernel and local_kernel % 2 == 0):
+            raise ValueError(f"local_kernel must be 0 or an odd number of pixels, got {local_kernel}")
+        if local_kernel and window_size is None:
+            raise ValueError("local_kernel is a dense-path setting: it needs window_size")
+        self.local_kernel = local_kernel
+        if local_kernel:
+            with torch.random.fork_rng(devices=[]):  # every other parameter initialises as without it
+                convs = [nn.Conv2d(width, width, local_kernel, padding=local_kernel // 2, groups=width, bias=False)
+                         for _ in modalities]
+            for conv in convs:  # zero: the embedding starts as without it
+                nn.init.zeros_(conv.weight)
+            self.local = nn.ModuleList(convs)
 
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:
         groups = []
@@ -105,7 +124,12 @@ class ModalityProjection(nn.Module):
         for i, name in enumerate(self.modalities):
             here = available[:, i : i + 1]
             x = place(torch.where(here, inputs[name], torch.zeros((), dtype=inputs[name].dtype)), canvas)
-            tokens = self.band_maps[name](x.permute(0, 2, 3, 1)) + position + self.modality[i]
+            tokens = self.band_maps[name](x.permute(0, 2, 3, 1))  # (B, Hc, Wc, width)
+            if self.local_kernel:
+                # neighbours' tokens only where their pixel has the modality: a missing pixel adds nothing
+                mapped = torch.where(present[:, i, :, :, None], tokens, tokens.new_zeros(())).permute(0, 3, 1, 2)
+                tokens = tokens + self.local[i](mapped).permute(0, 2, 3, 1)
+            tokens = tokens + position + self.modality[i]
             if self.missing_tokens == "dummy":
                 fill = self.dummy[i, self.tokens_per_modality // 2].to(tokens.dtype)
             else:

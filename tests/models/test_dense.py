@@ -8,7 +8,8 @@ import torch
 from models import build_model
 from models.base import MissingModalityClassifier
 from models.classifier import PatchTransformerClassifier
-from models.dense import block_shift, needed_windows, receptive_radius
+from models.dense import block_shift, needed_windows, place, plan_canvas, receptive_radius
+from models.projection import ModalityProjection
 
 DENSE_METHODS = ["baseline", "mamol"]
 
@@ -245,3 +246,64 @@ def test_blocks_compute_only_the_windows_the_wanted_pixels_depend_on() -> None:
         assert pixel - first <= radius + window and last - pixel <= radius + window
         widths = [s.stop - s.start for s in spans]
         assert widths == sorted(widths, reverse=True) and widths[0] < size // window
+
+
+def _with_local_kernel(make_config, method: str, kernel: int) -> PatchTransformerClassifier:
+    model = _model(make_config, method, window_size=4, local_kernel=kernel)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # trained-like weights: zero-initialised convolutions would test nothing
+        for conv in model.projection.local:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_the_local_kernel_adds_each_modalitys_convolved_present_tokens(make_config, method: str) -> None:
+    plain = _model(make_config, method, window_size=4)
+    model = _with_local_kernel(make_config, method, 3)
+    assert model.receptive_radius == plain.receptive_radius + 1
+    own = dict(model.named_parameters())
+    assert all(torch.equal(p, own[name]) for name, p in plain.named_parameters())  # only the kernels are new
+    inputs, available = _crop(model, 12, 12, seed=4)
+    origin = torch.tensor([[2, 6]])
+    canvas = plan_canvas(origin, 1, 12, 12, 4)
+    with torch.no_grad():
+        got = model.projection.dense(inputs, available, canvas)  # (1, Hc, Wc, M, width)
+        base = plain.projection.dense(inputs, available, canvas)
+        present = place(available, canvas, False)
+        for i, name in enumerate(model.config.modalities):
+            here = present[0, i]
+            mapped = model.projection.band_maps[name](place(torch.where(available[:, i : i + 1], inputs[name], 0.0), canvas)[0].permute(1, 2, 0))
+            mapped = torch.where(here[..., None], mapped, 0.0)
+            kernel = model.projection.local[i]
+            expected = base[0, :, :, i] + torch.nn.functional.conv2d(
+                mapped.permute(2, 0, 1)[None], kernel.weight, None, padding=1, groups=kernel.weight.shape[0]
+            )[0].permute(1, 2, 0)
+            expected = torch.where(here[..., None], expected, 0.0)  # a missing pixel keeps the missing (zero) token
+            torch.testing.assert_close(got[0, :, :, i], expected, atol=1e-5, rtol=1e-4)
+    assert torch.equal(got[0][~present[0].permute(1, 2, 0)], torch.zeros_like(got[0][~present[0].permute(1, 2, 0)]))
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_with_a_local_kernel_a_tile_with_its_halo_still_gives_the_scene_logits(make_config, method: str) -> None:
+    model = _with_local_kernel(make_config, method, 5)
+    radius = model.receptive_radius
+    inputs, available = _crop(model, 60, 70, seed=6)
+    r0, c0, h, w = 27, 33, 7, 5
+    sl = (slice(None), slice(None), slice(r0 - radius, r0 + h + radius), slice(c0 - radius, c0 + w + radius))
+    with torch.no_grad():
+        whole = model.forward_dense(inputs, available, torch.tensor([[0, 0]]))
+        tile = model.forward_dense({m: v[sl] for m, v in inputs.items()}, available[sl], torch.tensor([[r0 - radius, c0 - radius]]))
+        # one pixel less of halo is not enough: the convolution's reach is counted in the radius
+        short = (slice(None), slice(None), slice(r0 - radius + 1, r0 + h + radius - 1), slice(c0 - radius + 1, c0 + w + radius - 1))
+        shorter = model.forward_dense({m: v[short] for m, v in inputs.items()}, available[short],
+                                      torch.tensor([[r0 - radius + 1, c0 - radius + 1]]))
+    assert torch.equal(tile[..., radius : radius + h, radius : radius + w], whole[..., r0 : r0 + h, c0 : c0 + w])
+    assert not torch.equal(shorter[..., radius - 1 : radius - 1 + h, radius - 1 : radius - 1 + w], whole[..., r0 : r0 + h, c0 : c0 + w])
+
+
+def test_the_local_kernel_is_odd_and_dense_only(make_config) -> None:
+    with pytest.raises(ValueError, match="local_kernel must be 0 or an odd number"):
+        _model(make_config, "mamol", local_kernel=4)
+    with pytest.raises(ValueError, match="needs window_size"):
+        ModalityProjection(["hs"], [4], 5, 16, local_kernel=3)
