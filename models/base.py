@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.params import ParamRule
+
 
 @dataclass
 class ModelConfig:
@@ -83,6 +85,8 @@ class MissingModalityClassifier(nn.Module):
 
     optimizer_defaults = OptimizerDefaults()
     supports_dense: bool = False
+    param_rules: dict[str, ParamRule] = {}
+    """Value rules of this method's ``config.params`` keys (``models.params``), checked when a catalog is read."""
     """Whether the class offers ``forward_dense`` (one pass classifies every pixel of a crop; ``models.dense``)."""
     dense_by_default: bool = False
     """Whether catalog ``model.inference: auto`` trains (and so maps) this method on the dense path: set where

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from models import dense
 from models.backbone import build_backbone
 from models.base import MissingModalityClassifier, ModelConfig
-from models.projection import ModalityProjection
+from models.params import ParamRule
+from models.projection import LOCAL_KERNEL, MISSING_TOKENS, ModalityProjection
 from models.registry import available_methods, method_class
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ COMMON_PARAMS: dict[str, Any] = {
     "local_kernel": 0,
 }
 DENSE_READOUTS = ("patch_mean", "pixel")
+DENSE_READOUT = ParamRule(lambda readout: readout in DENSE_READOUTS, f"one of {', '.join(DENSE_READOUTS)}")
 
 
 class PatchTransformerClassifier(MissingModalityClassifier):
@@ -52,6 +54,10 @@ class PatchTransformerClassifier(MissingModalityClassifier):
     """
 
     default_params: dict[str, Any] = COMMON_PARAMS
+    param_rules: dict[str, ParamRule] = {
+        "missing_tokens": MISSING_TOKENS, "window_size": dense.WINDOW_SIZE, "local_kernel": LOCAL_KERNEL,
+        "dense_readout": DENSE_READOUT,
+    }
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -64,9 +70,7 @@ class PatchTransformerClassifier(MissingModalityClassifier):
             int(self.params["local_kernel"]) if self.supports_dense else 0,
         )
         self.head = nn.Linear(len(config.modalities) * width, config.num_classes)
-        self.dense_readout = str(self.params["dense_readout"])
-        if self.dense_readout not in DENSE_READOUTS:
-            raise ValueError(f"dense_readout must be one of {DENSE_READOUTS}, got {self.dense_readout!r}")
+        self.dense_readout = str(DENSE_READOUT.check("dense_readout", self.params["dense_readout"]))
         freeze = self.params["freeze_backbone"]
         self.backbone_frozen = config.pretrained is not None if freeze is None else bool(freeze)
         self.backbone.requires_grad_(not self.backbone_frozen)

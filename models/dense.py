@@ -61,12 +61,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.params import ParamRule, whole
+
+WINDOW_SIZE = ParamRule(lambda w: whole(w) and w >= 2 and w % 2 == 0, "an even number of pixels >= 2")
+"""Shifted windows move by half a window, so a window is an even number of pixels."""
+
 
 def check_window_size(window: int) -> int:
     """``window`` if it is an even number >= 2 (shifted windows move by half of it), else ValueError."""
-    if window < 2 or window % 2:
-        raise ValueError(f"window_size must be an even number of pixels >= 2, got {window}")
-    return window
+    return int(WINDOW_SIZE.check("window_size", window))
 
 
 def block_shift(index: int, window: int) -> int:

@@ -28,8 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from models.dense import Canvas, place
+from models.params import ParamRule, whole
 
 MISSING_TOKEN_MODES = ("zero", "dummy")
+MISSING_TOKENS = ParamRule(lambda mode: mode in MISSING_TOKEN_MODES, f"one of {', '.join(MISSING_TOKEN_MODES)}")
+LOCAL_KERNEL = ParamRule(lambda k: whole(k) and (k == 0 or (k > 0 and k % 2 == 1)), "0 or an odd number of pixels")
 
 
 def zero_where_missing(x: Tensor, present: Tensor) -> Tensor:
@@ -62,8 +65,7 @@ class ModalityProjection(nn.Module):
         local_kernel: int = 0,
     ) -> None:
         super().__init__()
-        if missing_tokens not in MISSING_TOKEN_MODES:
-            raise ValueError(f"missing_tokens must be one of {MISSING_TOKEN_MODES}, got {missing_tokens!r}")
+        MISSING_TOKENS.check("missing_tokens", missing_tokens)
         self.modalities = list(modalities)
         self.patch_size = patch_size
         self.tokens_per_modality = patch_size * patch_size
@@ -79,8 +81,7 @@ class ModalityProjection(nn.Module):
             # drawn from a forked RNG: the patch path's parameters initialise exactly as without the dense path
             with torch.random.fork_rng(devices=[]):
                 self.window_position = nn.Parameter(scale * torch.randn(window_size * window_size, width))
-        if local_kernel < 0 or (local_kernel and local_kernel % 2 == 0):
-            raise ValueError(f"local_kernel must be 0 or an odd number of pixels, got {local_kernel}")
+        LOCAL_KERNEL.check("local_kernel", local_kernel)
         if local_kernel and window_size is None:
             raise ValueError("local_kernel is a dense-path setting: it needs window_size")
         self.local_kernel = local_kernel

@@ -9,11 +9,14 @@ for a numeric default; any plain value where every default is ``None``).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config.errors import CatalogError
 from pipeline.config.limits import MAX_PARAMS_BYTES, MAX_PARAMS_NODES, expanded_nodes
 from pipeline.storage import Location
+
+if TYPE_CHECKING:
+    from models.params import ParamRule
 
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -23,6 +26,13 @@ def method_vocabularies() -> dict[str, dict[str, Any]]:
     from models import available_methods, method_class
 
     return {name: dict(getattr(method_class(name), "default_params", None) or {}) for name in available_methods()}
+
+
+def method_param_rules(method: str) -> dict[str, ParamRule]:
+    """The value rules of ``method``'s parameters (``param_rules`` of its class in ``models/``)."""
+    from models import method_class
+
+    return dict(getattr(method_class(method), "param_rules", None) or {})
 
 
 def _expected_type(defaults: list[Any]) -> tuple[str, tuple[type, ...]]:
@@ -41,12 +51,13 @@ def _expected_type(defaults: list[Any]) -> tuple[str, tuple[type, ...]]:
 
 
 def check_model_params(method: str, params: dict[str, Any], catalog_file: Location | None) -> None:
-    """Raise :class:`CatalogError` naming ``model.params.<key>`` for an unknown key or a wrong type."""
+    """Raise :class:`CatalogError` naming ``model.params.<key>`` for an unknown key, a wrong type or a value its rule refuses."""
     vocabularies = method_vocabularies()
     if method not in vocabularies:
         raise CatalogError(catalog_file, "model.method", f"a registered method ({', '.join(sorted(vocabularies))})", repr(method))
     if expanded_nodes(params, MAX_PARAMS_NODES) > MAX_PARAMS_NODES:
         raise CatalogError(catalog_file, "model.params", f"at most {MAX_PARAMS_NODES} values (aliases expanded)", "more")
+    rules = method_param_rules(method)
     for key, value in params.items():
         where = f"model.params.{key}"
         defaults = [v[key] for v in vocabularies.values() if key in v]
@@ -59,6 +70,9 @@ def check_model_params(method: str, params: dict[str, Any], catalog_file: Locati
             raise CatalogError(catalog_file, where, wording, f"{type(value).__name__} {_short(value)}")
         if value is None and types != _SCALARS and None not in defaults:
             raise CatalogError(catalog_file, where, wording, "null")
+        rule = rules.get(key)
+        if rule is not None and value is not None and not rule.accepts(value):
+            raise CatalogError(catalog_file, where, rule.expected, _short(value))
     size = len(json.dumps(params, default=str))
     if size > MAX_PARAMS_BYTES:
         raise CatalogError(catalog_file, "model.params", f"at most {MAX_PARAMS_BYTES} bytes as JSON", f"{size} bytes")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, method_class
 from models.base import MissingModalityClassifier
 from models.classifier import PatchTransformerClassifier
 from models.dense import block_shift, needed_windows, place, plan_canvas, receptive_radius
@@ -307,3 +309,16 @@ def test_the_local_kernel_is_odd_and_dense_only(make_config) -> None:
         _model(make_config, "mamol", local_kernel=4)
     with pytest.raises(ValueError, match="needs window_size"):
         ModalityProjection(["hs"], [4], 5, 16, local_kernel=3)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"window_size": 3}, "window_size must be an even number of pixels >= 2, got 3"),
+    ({"dense_readout": "centre"}, "dense_readout must be one of patch_mean, pixel, got 'centre'"),
+    ({"missing_tokens": "nan"}, "missing_tokens must be one of zero, dummy, got 'nan'"),
+])
+def test_a_model_refuses_the_values_its_param_rules_refuse(make_config, params: dict, message: str) -> None:
+    """The rules the catalog check reads (``param_rules``) are the ones the model applies when built."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _model(make_config, "mamol", **params)
+    key = next(iter(params))
+    assert not method_class("mamol").param_rules[key].accepts(params[key])

@@ -143,6 +143,13 @@ def test_dense_crops_must_be_whole_windows(tmp_path: Path, model, dense, key: st
         ({"use_dynamic": 1}, "model.params.use_dynamic", "true or false"),
         ({"expert_layers": 3}, "model.params.expert_layers", "a string"),
         ({"text_preset": ["a", "b"]}, "model.params.text_preset", "a number, a string"),  # lvpcnet's key, not a list
+        # values the model would refuse only when built, after the scene is read (models.params rules)
+        ({"window_size": 3}, "model.params.window_size", "an even number of pixels >= 2, found 3"),
+        ({"window_size": 0}, "model.params.window_size", "an even number of pixels >= 2, found 0"),
+        ({"local_kernel": 4}, "model.params.local_kernel", "0 or an odd number of pixels, found 4"),
+        ({"local_kernel": 2.5}, "model.params.local_kernel", "0 or an odd number of pixels, found 2.5"),
+        ({"dense_readout": "centre"}, "model.params.dense_readout", "one of patch_mean, pixel, found 'centre'"),
+        ({"missing_tokens": "nan"}, "model.params.missing_tokens", "one of zero, dummy, found 'nan'"),
     ],
 )
 def test_model_params_are_checked_against_the_registered_methods(tmp_path: Path, params, key: str, expected: str) -> None:
@@ -151,6 +158,12 @@ def test_model_params_are_checked_against_the_registered_methods(tmp_path: Path,
     with pytest.raises(CatalogError) as err:
         load_catalog(write(tmp_path, data))
     assert str(err.value).startswith(f"{tmp_path / 'cat.yaml'}: {key}: expected {expected}")
+
+
+def test_valid_dense_geometry_params_load(tmp_path: Path) -> None:
+    data = minimal()
+    data["model"] = {"method": "mamol", "params": {"window_size": 2, "local_kernel": 5, "dense_readout": "pixel"}}
+    assert load_catalog(write(tmp_path, data)).model.params["local_kernel"] == 5
 
 
 def test_model_params_of_another_method_are_accepted(tmp_path: Path) -> None:
