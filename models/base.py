@@ -85,9 +85,9 @@ class MissingModalityClassifier(nn.Module):
 
     optimizer_defaults = OptimizerDefaults()
     supports_dense: bool = False
+    """Whether the class offers ``forward_dense`` (one pass classifies every pixel of a crop; ``models.dense``)."""
     param_rules: dict[str, ParamRule] = {}
     """Value rules of this method's ``config.params`` keys (``models.params``), checked when a catalog is read."""
-    """Whether the class offers ``forward_dense`` (one pass classifies every pixel of a crop; ``models.dense``)."""
     dense_by_default: bool = False
     """Whether catalog ``model.inference: auto`` trains (and so maps) this method on the dense path: set where
     the dense path was measured to hold the patch path's accuracy (docs/accuracy.md), with ``supports_dense``."""
