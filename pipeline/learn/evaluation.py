@@ -24,7 +24,8 @@ import torch
 from models.pretraining import init_from_pretrained
 from models.registry import method_class
 from pipeline.config.catalog import Catalog, Protocol
-from pipeline.config.errors import InputError
+from pipeline.config.errors import CatalogError, InputError
+from pipeline.config.params import check_dense_crops, check_model_params
 from pipeline.data.patches import gather_patches
 from pipeline.files import (
     atomic_file,
@@ -77,6 +78,23 @@ class MethodVariant:
             key, _, value = item.partition("=")
             params[key] = parse_value(value) if value else True
         return cls(label=text, method=method, params=params)
+
+
+def check_variant(variant: MethodVariant, catalog: Catalog) -> None:
+    """Refuse, before any training, a variant the catalog's own check would refuse (method, keys, values, crops).
+
+    Raises ``ValueError`` naming the variant and the key: ``mamol:window_size=3`` is refused
+    here, not after the scene is read and the other variants are trained.
+    """
+    params = {**catalog.model.params, **variant.params}
+    dense = catalog.training.dense
+    try:
+        check_model_params(variant.method, params, None)
+        check_dense_crops(variant.method, params, dense.crop_size, dense.context, None)
+    except CatalogError as exc:
+        key = exc.key.replace("model.method", "method")
+        found = f", found {exc.found}" if exc.found else ""
+        raise ValueError(f"method {variant.label!r}: {key}: expected {exc.expected}{found}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -187,8 +205,10 @@ def evaluate(
     scene = catalog.scene(scene_name)
     assert scene.labels is not None
     names = [c.name for c in scene.labels.classes]
-    runs_of = [(v, path) for v in (MethodVariant.parse(m) for m in methods)
-               for path in variant_paths(v, inference or catalog.model.inference)]
+    parsed = [MethodVariant.parse(m) for m in methods]
+    for variant in parsed:
+        check_variant(variant, catalog)
+    runs_of = [(v, path) for v in parsed for path in variant_paths(v, inference or catalog.model.inference)]
     variants = [path_variant(v, path) for v, path in runs_of]
     settings = protocol_settings(protocol, scene.modality_names, catalog.training.protocol)
     if rows is not None:

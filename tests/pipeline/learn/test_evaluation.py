@@ -70,6 +70,21 @@ def test_variant_paths_follow_the_methods_dense_support() -> None:
         variant_paths(baseline, "sparse")
 
 
+@pytest.mark.parametrize(("method", "message"), [
+    ("mamol:window_size=3", r"method 'mamol:window_size=3': model\.params\.window_size: expected an even number of pixels >= 2, found 3"),
+    ("mamol:local_kernel=4", r"model\.params\.local_kernel: expected 0 or an odd number of pixels, found 4"),
+    ("mamol:windw_size=2", r"model\.params\.windw_size: expected a parameter of mamol .*misspelt or unknown"),
+    ("mamol:window_size=6", r"training\.dense\.crop_size: expected a multiple of the model's window_size \(6\), found 32"),
+    ("mamoll", r"method 'mamoll': method: expected a registered method"),
+])
+def test_a_variant_the_catalog_would_refuse_is_refused_before_any_training(
+    demo_catalog: Catalog, tmp_path: Path, method: str, message: str,
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        evaluate(demo_catalog, "mamol-table1", ["baseline", method], [0], tmp_path / "eval", rows=[1], progress=False)
+    assert not (tmp_path / "eval").exists()  # refused before the first model: nothing written
+
+
 def test_a_variants_values_are_json_or_plain_text() -> None:
     variant = MethodVariant.parse("mamol:use_dynamic=false;num_experts=4;dense_readout=pixel;ranks=[2, 4];lora")
     assert variant.method == "mamol" and variant.label.startswith("mamol:use_dynamic=false")
