@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", help="comma-separated 0-based rows of the protocol to run (default: all)")
     parser.add_argument("--inference", choices=("auto", "dense", "patch", "both"),
                         help="train and test on the dense or the patch path (default: the catalog's model.inference; "
-                             "dense: dense for methods that have it; auto: each method's dense_by_default, "
-                             "patches for every method today; patch: patches); "
+                             "dense: dense for methods that have it; auto: dense where a method's dense path held its accuracy, "
+                             "MaMOL today, patches for the others; patch: patches); "
                              "both: each dense method on both, side by side")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

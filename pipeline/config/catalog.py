@@ -301,7 +301,7 @@ class DenseCrops(_Section):
     """How the dense path trains (``model.inference: dense``): crops of the scene around the training pixels.
 
     ``crop_size`` and ``context`` are pixels and must be multiples of the model's window
-    (``model.params.window_size``, 4 by default); see ``pipeline.learn.dense_training``.
+    (``model.params.window_size``, 2 by default); see ``pipeline.learn.dense_training``.
     """
 
     crop_size: int = Field(default=32, ge=2, description="side of a training cell; the loss is on its labelled pixels")

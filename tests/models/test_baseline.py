@@ -29,8 +29,9 @@ def test_frozen_baseline_trains_projection_and_head_only(make_config, make_batch
     model.training_loss(make_batch(config), available, torch.tensor([0, 1, 2, 3]), "main")["loss"].backward()
     optimiser.step()
     for name, p in model.named_parameters():
-        # the dense path's window position embedding gets no gradient from a patch batch
-        assert torch.equal(p, before[name]) == name.startswith(("backbone.", "projection.window_position")), name
+        # the dense path's window position embedding and local convolution get no gradient from a patch batch
+        dense_only = ("projection.window_position", "projection.local.")
+        assert torch.equal(p, before[name]) == name.startswith(("backbone.", *dense_only)), name
 
 
 def test_baseline_matches_mamol_without_experts(make_config, make_batch):

@@ -72,7 +72,8 @@ def _reference_features(model: PatchTransformerClassifier, inputs, available, or
 def test_dense_forward_equals_a_per_window_reference(make_config, method: str) -> None:
     # Pixels at least the receptive radius inside the crop have full context: there the dense
     # forward must equal explicit per-window loops over the scene grid (crop in an unavailable plane).
-    model = _model(make_config, method, window_size=4)
+    # No local convolution here (the reference is the windows alone; the kernel has its own test below).
+    model = _model(make_config, method, window_size=4, local_kernel=0)
     radius = model.receptive_radius
     height, width = 2 * radius + 5, 2 * radius + 7
     inputs, available = _crop(model, height, width)
@@ -90,7 +91,7 @@ def test_dense_forward_equals_a_per_window_reference(make_config, method: str) -
     for r, c in [(k, k), (height // 2, width // 2), (height - 1 - k, width - 1 - k)]:
         mean = got[0, :, :, r - k : r + k + 1, c - k : c + k + 1].mean(dim=(-1, -2)).reshape(-1)
         torch.testing.assert_close(logits[0, :, r, c], model.head(mean), atol=1e-5, rtol=1e-4)
-    pixel = _model(make_config, method, window_size=4, dense_readout="pixel")
+    pixel = _model(make_config, method, window_size=4, local_kernel=0, dense_readout="pixel")
     with torch.no_grad():
         own = pixel.dense_features(inputs, available, torch.tensor([origin]))
         head = pixel.head(own.permute(0, 3, 4, 1, 2).reshape(1, height, width, -1)).permute(0, 3, 1, 2)
@@ -261,7 +262,7 @@ def _with_local_kernel(make_config, method: str, kernel: int) -> PatchTransforme
 
 @pytest.mark.parametrize("method", DENSE_METHODS)
 def test_the_local_kernel_adds_each_modalitys_convolved_present_tokens(make_config, method: str) -> None:
-    plain = _model(make_config, method, window_size=4)
+    plain = _model(make_config, method, window_size=4, local_kernel=0)
     model = _with_local_kernel(make_config, method, 3)
     assert model.receptive_radius == plain.receptive_radius + 1
     own = dict(model.named_parameters())

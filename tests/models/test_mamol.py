@@ -188,6 +188,7 @@ def test_parameter_count_on_vit_b_16_with_the_backbone_frozen() -> None:
             trainable[name.split(".")[0]] = trainable.get(name.split(".")[0], 0) + p.numel()
     assert sum(p.numel() for p in model.backbone.parameters()) == 85_057_536
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    # projection: band maps, patch position and modality embeddings, and the dense path's 4 x 4 window positions
-    assert trainable == {"mixtures": 686_220, "projection": 102_912, "head": 9_222, "pattern_embedding": 128}
-    assert sum(trainable.values()) == 798_482
+    # projection: band maps, patch position and modality embeddings, and the dense path's 2 x 2 window positions
+    # and 5 x 5 depthwise local convolutions (one per modality)
+    assert trainable == {"mixtures": 686_220, "projection": 132_096, "head": 9_222, "pattern_embedding": 128}
+    assert sum(trainable.values()) == 827_666

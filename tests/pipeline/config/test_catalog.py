@@ -120,7 +120,7 @@ def test_batch_pixels_auto_is_decided_per_device(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("model", "dense", "key", "expected"),
     [
-        ({"method": "mamol"}, {"crop_size": 34}, "training.dense.crop_size", "a multiple of the model's window_size (4)"),
+        ({"method": "mamol"}, {"crop_size": 33}, "training.dense.crop_size", "a multiple of the model's window_size (2)"),
         ({"method": "baseline", "params": {"window_size": 4}}, {"crop_size": 32, "context": 6},
          "training.dense.context", "a multiple of the model's window_size (4)"),
     ],

@@ -161,14 +161,24 @@ def test_dense_training_learns_the_small_demo(demo_catalog: Catalog) -> None:
     assert oa > chance + 0.25, f"held-out OA {oa:.3f}, majority class {chance:.3f}"
 
 
+def test_a_schedule_shorter_than_the_measured_one_is_warned_about() -> None:
+    from pipeline.learn.dense_training import MEASURED_EPOCHS, short_schedule_warning
+
+    message = short_schedule_warning(15, None)
+    assert message is not None and "training.epochs is 15" in message and f"{MEASURED_EPOCHS} epochs" in message
+    assert short_schedule_warning(MEASURED_EPOCHS, None) is None and short_schedule_warning(60, None) is None
+    assert short_schedule_warning(1, 2) is None  # max_steps: a deliberate short run
+
+
 def test_auto_trains_densely_only_the_methods_whose_dense_path_held_accuracy() -> None:
     from models.registry import method_class
     from pipeline.learn.dense_training import trains_dense
 
     mamol, baseline, mmp = method_class("mamol"), method_class("baseline"), method_class("mmp")
-    # no method's dense path held the patch path's accuracy on every row yet (docs/accuracy.md): auto keeps patches
-    assert not any(trains_dense("auto", cls) for cls in (mamol, baseline, mmp))
-    held = type("Held", (mamol,), {"dense_by_default": True})  # a method whose dense path would have held it
+    # MaMOL's dense path held the patch path's accuracy (docs/accuracy.md): auto trains it densely; the baseline's
+    # dense accuracy is not measured row by row, so auto keeps it on patches; MMP has no dense path
+    assert trains_dense("auto", mamol) and not trains_dense("auto", baseline) and not trains_dense("auto", mmp)
+    held = type("Held", (baseline,), {"dense_by_default": True})  # a method whose dense path would have held it
     assert trains_dense("auto", held) and not trains_dense("auto", type("NoDense", (mmp,), {"dense_by_default": True}))
     assert trains_dense("dense", mamol) and trains_dense("dense", baseline) and not trains_dense("dense", mmp)
     assert not any(trains_dense("patch", cls) for cls in (mamol, baseline, mmp, held))

@@ -62,7 +62,7 @@ def test_variant_paths_follow_the_methods_dense_support() -> None:
     baseline, mmp, mamol = MethodVariant.parse("baseline"), MethodVariant.parse("mmp"), MethodVariant.parse("mamol")
     assert variant_paths(baseline, "dense") == ["dense"] and variant_paths(baseline, "patch") == ["patch"]
     assert variant_paths(baseline, "auto") == ["patch"]  # the baseline's dense accuracy is not measured: patches
-    assert variant_paths(mamol, "auto") == ["patch"] and variant_paths(mamol, "patch") == ["patch"]
+    assert variant_paths(mamol, "auto") == ["dense"] and variant_paths(mamol, "patch") == ["patch"]
     assert variant_paths(mmp, "auto") == ["patch"]
     assert variant_paths(baseline, "both") == ["patch", "dense"]
     assert variant_paths(mmp, "dense") == ["patch"] and variant_paths(mmp, "both") == ["patch"]

@@ -57,7 +57,7 @@ def test_dense_pretraining_lowers_the_reconstruction_loss(small_demo_files: dict
     """16 x 16 crops through the windowed blocks; the file holds what trained (the window position, not the patch one)."""
     path = pretrain(_catalog(small_demo_files, tmp_path, path="dense", crop_size=16, batch_size=2), progress=False)
     info = _check_loss_falls(path)
-    assert info["path"] == "dense" and info["window_size"] == 4
+    assert info["path"] == "dense" and info["window_size"] == 2
     from safetensors.torch import load_file
 
     saved = load_file(str(path))
@@ -70,8 +70,8 @@ def test_dense_pretraining_lowers_the_reconstruction_loss(small_demo_files: dict
 
 
 def test_a_dense_crop_that_is_not_whole_windows_is_refused(small_demo_files: dict[str, Path], tmp_path: Path) -> None:
-    catalog = _catalog(small_demo_files, tmp_path, path="dense", crop_size=10)
-    with pytest.raises(InputError, match=r"model.pretrain.crop_size: expected a multiple of model.params.window_size \(4\), found 10"):
+    catalog = _catalog(small_demo_files, tmp_path, path="dense", crop_size=9)
+    with pytest.raises(InputError, match=r"model.pretrain.crop_size: expected a multiple of model.params.window_size \(2\), found 9"):
         pretrain(catalog, progress=False)
     assert not (tmp_path / "pretrained").exists()  # nothing half-written
 
