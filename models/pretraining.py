@@ -15,7 +15,8 @@ modality (a 63-band HS token and a 2-band LiDAR token weigh the same).
 On the dense path (``window_size`` set, :meth:`MaskedPixelModel.forward_dense`)
 the crops are larger (e.g. 32 x 32) and go through the blocks as the dense
 classifier runs them (``models.dense``: windows anchored to the scene grid,
-shifted in odd blocks, the window position embedding): one pass reconstructs
+shifted in odd blocks, the window position embedding, the local convolution
+of ``local_kernel``): one pass reconstructs
 every pixel of the crop instead of one patch per pixel, and the blocks learn
 the attention pattern the dense classifier uses. The patch position
 embedding does not train there and is not saved.
@@ -52,13 +53,15 @@ class MaskedPixelModel(nn.Module):
     """Tokens per call of a block on the dense path (a speed knob, as the classifier's)."""
 
     def __init__(self, modalities: list[str], bands: list[int], patch_size: int, preset: str,
-                 window_size: int | None = None) -> None:
+                 window_size: int | None = None, local_kernel: int = 0) -> None:
         super().__init__()
         self.modalities, self.bands, self.patch_size, self.preset = list(modalities), list(bands), patch_size, preset
         self.window_size = dense.check_window_size(window_size) if window_size is not None else None
         self.backbone = build_backbone(preset, None, False)
         width = self.backbone.width
-        self.projection = ModalityProjection(self.modalities, self.bands, patch_size, width, "zero", self.window_size)
+        # the dense path's local convolution trains with the tokenizer and is saved with it, so the classifier starts from it
+        self.projection = ModalityProjection(self.modalities, self.bands, patch_size, width, "zero", self.window_size,
+                                             local_kernel)
         self.decoders = nn.ModuleDict({m: nn.Linear(width, c) for m, c in zip(self.modalities, self.bands)})
 
     @property
@@ -149,7 +152,8 @@ def save_pretrained(model: MaskedPixelModel, path: str | os.PathLike[str], metad
     tensors.update({f"projection.{k}": v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()
                     if k not in model.untrained_tokenizer_weights})
     info = {"format": PRETRAINED_FORMAT, "preset": model.preset, "modalities": model.modalities, "bands": model.bands,
-            "patch_size": model.patch_size, "window_size": model.window_size, **metadata}
+            "patch_size": model.patch_size, "window_size": model.window_size,
+            "local_kernel": model.projection.local_kernel, **metadata}
     save_file(tensors, str(path), metadata={"pretrained": json.dumps(info)})
 
 

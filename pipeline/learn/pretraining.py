@@ -67,6 +67,7 @@ def pretrain_key(catalog: Catalog, stores: list[tuple[str, xr.Dataset]], setting
         "backbone": catalog.model.backbone, "patch_size": catalog.model.patch_size,
         "settings": settings.model_dump(mode="json"),
         "window_size": pretrain_window(catalog) if settings.path == "dense" else None,
+        "local_kernel": pretrain_local_kernel(catalog) if settings.path == "dense" else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -146,6 +147,11 @@ def pretrain_window(catalog: Catalog) -> int:
     return int(catalog.model.params.get("window_size", COMMON_PARAMS["window_size"]))
 
 
+def pretrain_local_kernel(catalog: Catalog) -> int:
+    """The dense path's local convolution (``model.params.local_kernel``, else the classifiers' default), pretrained with the tokenizer."""
+    return int(catalog.model.params.get("local_kernel", COMMON_PARAMS["local_kernel"]))
+
+
 def pretrain(catalog: Catalog, output: Path | None = None, progress: bool = True, device: str | torch.device | None = None) -> Path:
     """Pretrain (or resume, or reuse) the catalog's backbone; returns the ``backbone.safetensors`` path."""
     settings = pretrain_settings(catalog)
@@ -168,7 +174,9 @@ def pretrain(catalog: Catalog, output: Path | None = None, progress: bool = True
     device = torch.device(device) if device is not None else pick_device()
     dtype = autocast_dtype(device, catalog.model.precision)
     torch.manual_seed(settings.seed)
-    model = MaskedPixelModel(modalities, pool.bands, catalog.model.patch_size, catalog.model.backbone, window).to(device)
+    local_kernel = pretrain_local_kernel(catalog) if window is not None else 0
+    model = MaskedPixelModel(modalities, pool.bands, catalog.model.patch_size, catalog.model.backbone, window,
+                             local_kernel).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(settings.steps, 0.05))
     history: list[dict[str, float]] = []

@@ -65,8 +65,13 @@ def test_dense_pretraining_lowers_the_reconstruction_loss(small_demo_files: dict
     config = ModelConfig(method="mamol", modalities=["hs", "lidar"], bands=[63, 2], num_classes=6, patch_size=3,
                          pretrained=str(path))
     model = build_model(config)
-    assert "window_position" in init_from_pretrained(model)  # the dense classifier takes the window embedding
+    taken = init_from_pretrained(model)
+    assert "window_position" in taken  # the dense classifier takes the window embedding
     assert torch.equal(model.projection.window_position, saved["projection.window_position"])
+    # and the local convolution, which pretraining moved off its zero start
+    assert info["local_kernel"] == 5 and {"local.0.weight", "local.1.weight"} <= set(taken)
+    assert saved["projection.local.0.weight"].abs().sum() > 0
+    assert torch.equal(model.projection.local[0].weight, saved["projection.local.0.weight"])
 
 
 def test_a_dense_crop_that_is_not_whole_windows_is_refused(small_demo_files: dict[str, Path], tmp_path: Path) -> None:
