@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from models.backbone import skip_pretrained_weights
 from models.base import MissingModalityClassifier, ModelConfig
-from models.registry import build_model
+from models.registry import build_model, method_class
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -141,6 +142,10 @@ def load_checkpoint(
         state = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
     except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointFormatError(path, f"{WEIGHTS_FILE} is not a readable safetensors file: {error}") from error
+    defaults = getattr(method_class(model_config.method), "default_params", None) or {}
+    geometry = {k: v for k, v in saved_dense_geometry(state, model_config.params).items() if defaults.get(k) != v}
+    if geometry:  # trained under other defaults: rebuilt with the geometry its weights have
+        model_config = ModelConfig.from_dict({**model_config.to_dict(), "params": {**model_config.params, **geometry}})
     with skip_pretrained_weights():
         model = build_model(model_config)
     try:
@@ -150,6 +155,25 @@ def load_checkpoint(
         raise CheckpointFormatError(path, message) from error
     model.to(map_location).eval()
     return model, config.get("metadata", {})
+
+
+def saved_dense_geometry(state: dict[str, torch.Tensor], params: dict[str, Any]) -> dict[str, int]:
+    """The dense path's ``window_size`` and ``local_kernel`` the weights were trained with, where ``params`` leaves them out.
+
+    A checkpoint's config records the catalog's params, not the defaults of the code that trained
+    it; those defaults changed (windows of 8, 4, then 2 px with a 5 x 5 local convolution), and the
+    weights' shapes say which ones a checkpoint has, so one trained before a change still loads.
+    """
+    position = state.get("projection.window_position")
+    if position is None:  # no dense path in this model
+        return {}
+    found: dict[str, int] = {}
+    if "window_size" not in params:
+        found["window_size"] = math.isqrt(position.shape[0])
+    if "local_kernel" not in params:
+        conv = state.get("projection.local.0.weight")
+        found["local_kernel"] = int(conv.shape[-1]) if conv is not None else 0
+    return found
 
 
 def check_compatible(

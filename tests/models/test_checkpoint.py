@@ -117,6 +117,24 @@ def test_missing_and_corrupt_files_are_refused(tmp_path, make_config):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("method", ["mamol", "baseline"])
+def test_a_checkpoint_trained_under_former_dense_defaults_still_loads(method, tmp_path, make_config, make_batch):
+    # A checkpoint records the catalog's params, not the code's defaults of its day: one trained with
+    # 4 px windows and no local convolution (the defaults until they changed) has neither in its config.
+    torch.manual_seed(0)
+    config = make_config(method, THREE, window_size=4, local_kernel=0)
+    model = build_model(config).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    saved = json.loads((path / "config.json").read_text())
+    saved["model"]["params"] = {k: v for k, v in saved["model"]["params"].items() if k not in ("window_size", "local_kernel")}
+    (path / "config.json").write_text(json.dumps(saved))
+    loaded, _ = load_checkpoint(path)
+    assert loaded.window_size == 4 and loaded.projection.local_kernel == 0
+    inputs = make_batch(config)
+    available = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 1, 0]], dtype=torch.bool)
+    assert torch.equal(loaded(inputs, available), model(inputs, available))
+
+
 def test_weights_of_another_model_are_refused(tmp_path, make_config):
     path = save_checkpoint(build_model(make_config("mamol")), tmp_path / "ckpt")
     other = save_checkpoint(build_model(make_config("baseline")), tmp_path / "other")
