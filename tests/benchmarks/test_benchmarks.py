@@ -128,7 +128,7 @@ def test_dense_benchmark_compares_the_paths_on_one_model(demo_catalog) -> None:
 
     store = ingest_scene(demo_catalog, demo_catalog.scenes[0])
     row = compare(store, "tiny", 3, "float32", (4, 8), (16,), naive=True, repeats=1)
-    assert row["precision"] == "float32" and row["dense"]["halo"] == 9 + 1  # window radius (4 blocks, window 4) + the 3 x 3 readout
+    assert row["precision"] == "float32" and row["dense"]["halo"] == 4 + 2 + 1  # window radius (4 blocks, window 2) + the 5 x 5 local kernel + the 3 x 3 readout
     assert set(row["patch"]["px_per_s_by_batch"]) == {"64", "256", "1024"}
     assert row["dense_vs_patch"] == pytest.approx(row["dense"]["px_per_s"] / row["patch"]["px_per_s"], rel=0.01)
     naive = row["naive_materialised"]
