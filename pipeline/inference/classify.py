@@ -117,7 +117,9 @@ def inference_path(requested: str, supports_dense: bool, trained_dense: bool, wh
     if not supports_dense:
         raise CheckpointError(where, "model.inference", "'auto' or 'patch' for a method without a dense path", "'dense'")
     if not trained_dense:
-        log.warning("%s was trained on patches; mapping it with the dense path as model.inference asks", where)
+        log.warning("%s was trained on patches: the dense path model.inference asks for uses its window position "
+                    "embedding and local convolution, which that training never updated (accuracy not measured); "
+                    "'auto' or 'patch' keeps the path it learnt", where)
     return "dense"
 
 

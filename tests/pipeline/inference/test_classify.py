@@ -18,12 +18,14 @@ from pipeline.inference.classify import LoadedClassifier, classify_window, dense
 from pipeline.inference.tiling import tile_windows
 
 
-def test_inference_path_follows_the_catalog_and_the_checkpoint() -> None:
+def test_inference_path_follows_the_catalog_and_the_checkpoint(caplog: pytest.LogCaptureFixture) -> None:
     assert inference_path("auto", supports_dense=True, trained_dense=True) == "dense"
     assert inference_path("auto", supports_dense=True, trained_dense=False) == "patch"  # keeps what it learnt
     assert inference_path("auto", supports_dense=False, trained_dense=False) == "patch"
     assert inference_path("patch", supports_dense=True, trained_dense=True) == "patch"
-    assert inference_path("dense", supports_dense=True, trained_dense=False) == "dense"
+    assert not caplog.records
+    assert inference_path("dense", supports_dense=True, trained_dense=False, where="ckpt") == "dense"
+    assert "ckpt was trained on patches" in caplog.text and "never updated" in caplog.text
     with pytest.raises(CheckpointError, match="model.inference"):
         inference_path("dense", supports_dense=False, trained_dense=False, where="ckpt")
 
