@@ -152,17 +152,37 @@ def test_values_of_missing_modalities_are_ignored(three):
     assert torch.isfinite(low.float()).all()
 
 
-def test_alignment_stage_loss_uses_complete_samples_for_cross_entropy(model):
+def test_alignment_cross_entropy_sees_incomplete_samples_by_default(model):
     model.configure_stage("align")
     inputs = batch(model.config, 6)
     targets = torch.arange(6)
     available = torch.tensor([[True, False]] * 6)
     parts = model.training_loss(inputs, available, targets, "align")
+    expected = torch.nn.functional.cross_entropy(model.features(inputs, available, compensate=False).logits, targets)
+    assert parts["ce"] > 0 and torch.allclose(parts["ce"], expected)
+    parts["loss"].backward()
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+    assert model.specific["lidar"].blocks[0].mlp.c_fc.weight.grad is None  # LiDAR missing everywhere
+    model.zero_grad(set_to_none=True)
+
+
+def test_alignment_cross_entropy_on_complete_samples_only_when_asked():
+    torch.manual_seed(0)
+    built = build_model(lvpc_config(align_ce="complete"))
+    assert isinstance(built, LVPCNet)
+    built.configure_stage("align")
+    inputs = batch(built.config, 6)
+    available = torch.tensor([[True, False]] * 6)
+    parts = built.training_loss(inputs, available, torch.arange(6), "align")
     assert parts["ce"] == 0 and parts["align"] > 0  # no complete sample: alignment of HS only
     parts["loss"].backward()
-    assert model.specific["hs"].blocks[0].mlp.c_fc.weight.grad is not None
-    assert model.specific["lidar"].blocks[0].mlp.c_fc.weight.grad is None
-    model.zero_grad(set_to_none=True)
+    assert built.specific["hs"].blocks[0].mlp.c_fc.weight.grad is not None
+    assert built.head.weight.grad is None or built.head.weight.grad.abs().sum() == 0
+
+
+def test_align_ce_must_be_a_known_choice():
+    with pytest.raises(ValueError, match="align_ce must be 'complete' or 'all'"):
+        build_model(lvpc_config(align_ce="some"))
 
 
 def test_contrastive_loss_prefers_features_on_their_class_text():
