@@ -64,6 +64,9 @@ the shared feature averages the available modalities only.
         training set). Under a protocol that leaves only 10-30 % of the training pixels
         complete, ``complete`` trained the head on a few labels per class, and LVPCnet fell
         4-11 points below the baseline where it was most often missing (MUUFL benchmark).
+    prompt_trains_head: the head trains in stage ``prompt`` too (default False: the paper
+        trains only the convs and prompts there). Stage ``align`` taught the head a missing
+        modality's specific feature as zero; this lets it follow the compensated one.
     freeze_backbone: keep the encoders (copies of the pretrained backbone's first
         blocks) frozen; default True when ``config.pretrained`` is set: then
         the tokenizer, heads, text projections, prompts and convs train.
@@ -109,6 +112,7 @@ LVPCNET_PARAMS: dict[str, Any] = {
     "untrained_text": "codes",
     "freeze_backbone": None,
     "align_ce": "all",
+    "prompt_trains_head": False,
     "quick_gelu": None,
 }
 
@@ -307,8 +311,9 @@ class LVPCNet(MissingModalityClassifier):
             raise ValueError(f"unknown training stage {stage!r}; LVPCnet has stages {list(STAGES)}")
         self.current_stage = stage
         compensation = {id(p) for p in self.compensation_parameters()}
+        head = {id(p) for p in self.head.parameters()} if self.params["prompt_trains_head"] else set()
         for param in self.parameters():
-            param.requires_grad_((id(param) in compensation) == (stage == "prompt"))
+            param.requires_grad_((id(param) in compensation) == (stage == "prompt") or (stage == "prompt" and id(param) in head))
         if self.encoders_frozen:  # a pretrained backbone: its copies stay as they are, as in the paper
             for encoder in (self.shared, *self.specific.values()):
                 encoder.requires_grad_(False)

@@ -69,6 +69,18 @@ def test_stage_two_changes_only_prompts_and_convs():
     assert {"prompts.hs", "prompts.lidar", "convs.hs.lidar.weight", "convs.lidar.hs.weight"} <= changed
 
 
+def test_prompt_stage_trains_the_head_only_when_asked():
+    torch.manual_seed(0)
+    asked = build_model(lvpc_config(prompt_trains_head=True))
+    default = build_model(lvpc_config())
+    trained = {id(p) for p in asked.configure_stage("prompt")}
+    assert {id(p) for p in asked.head.parameters()} <= trained
+    assert {id(p) for p in asked.compensation_parameters()} <= trained
+    assert not any(p.requires_grad for p in asked.shared.parameters())
+    default.configure_stage("prompt")
+    assert not any(p.requires_grad for p in default.head.parameters())
+
+
 def test_prompt_stage_keeps_single_modality_samples():
     torch.manual_seed(0)
     model = build_model(lvpc_config(THREE))
