@@ -311,9 +311,13 @@ class LVPCNet(MissingModalityClassifier):
             raise ValueError(f"unknown training stage {stage!r}; LVPCnet has stages {list(STAGES)}")
         self.current_stage = stage
         compensation = {id(p) for p in self.compensation_parameters()}
-        head = {id(p) for p in self.head.parameters()} if self.params["prompt_trains_head"] else set()
+        if stage == "prompt":
+            head = {id(p) for p in self.head.parameters()} if self.params["prompt_trains_head"] else set()
+            trained = compensation | head
+        else:
+            trained = {id(p) for p in self.parameters()} - compensation
         for param in self.parameters():
-            param.requires_grad_((id(param) in compensation) == (stage == "prompt") or (stage == "prompt" and id(param) in head))
+            param.requires_grad_(id(param) in trained)
         if self.encoders_frozen:  # a pretrained backbone: its copies stay as they are, as in the paper
             for encoder in (self.shared, *self.specific.values()):
                 encoder.requires_grad_(False)
@@ -336,10 +340,10 @@ class LVPCNet(MissingModalityClassifier):
         temperature = float(self.params["temperature"])
         align_terms: list[Tensor] = []
         if stage == "align":
-            rows = available.all(dim=1) if self.params["align_ce"] == "complete" else available.any(dim=1)
+            labelled = available.all(dim=1) if self.params["align_ce"] == "complete" else available.any(dim=1)
             ce = (
-                nn.functional.cross_entropy(out.logits[rows], targets[rows])
-                if bool(rows.any()) else out.logits.new_zeros((), dtype=torch.float32)
+                nn.functional.cross_entropy(out.logits[labelled], targets[labelled])
+                if bool(labelled.any()) else out.logits.new_zeros((), dtype=torch.float32)
             )
             for i, name in enumerate(self.config.modalities):
                 rows = available[:, i]
