@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 FOREST = "random forest (floor)"
 """The label of the availability-blind per-pixel random forest every evaluation reports (``pipeline.learn.forest``)."""
 
+REFERENCE = "baseline"
+"""The method the others are measured against, seed by seed (the papers' plain ViT), when it was evaluated."""
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -141,7 +144,7 @@ def default_methods(protocol: str, catalog: Catalog) -> list[str]:
         return [catalog.model.method]
     if protocol == "mamol-table5":
         return ["mamol", "mamol:use_dynamic=false", "mamol:use_static=false", "mamol:use_modality_experts=false"]
-    return ["baseline", catalog.model.method] if catalog.model.method != "baseline" else ["baseline"]
+    return [REFERENCE, catalog.model.method] if catalog.model.method != REFERENCE else [REFERENCE]
 
 
 INFERENCE_CHOICES = ("auto", "dense", "patch", "both")
@@ -319,6 +322,8 @@ def aggregate(runs: list[dict[str, Any]], settings: list[str], methods: list[str
                 vals = np.array([r[metric] for r in rows if r[metric] is not None], dtype=float)
                 entry[f"{metric}_mean"] = float(vals.mean()) if vals.size else None
                 entry[f"{metric}_std"] = seed_std(vals)
+            oas = np.array([r["oa"] for r in rows if r["oa"] is not None], dtype=float)
+            entry["oa_spread"] = float(oas.max() - oas.min()) if oas.size else None
             entry["confusion"] = np.sum([np.asarray(r["confusion"]) for r in rows], axis=0).tolist()
             for kind in GROUP_KINDS:
                 names = list(dict.fromkeys(g for r in rows for g in r.get(kind, {})))
@@ -389,6 +394,39 @@ def merge_results(parts: dict[Path, dict[str, Any]]) -> dict[str, Any]:
             "merged_from": [str(p) for p in parts], "runs": merged, "table": aggregate(merged, settings, methods)}
 
 
+def paired_gap(runs: list[dict[str, Any]], setting: str, method: str, other: str) -> tuple[float | None, int]:
+    """Mean OA of ``method`` minus ``other`` over the seeds both ran in ``setting``, and how many seeds that is.
+
+    Paired: one seed gives both the same split, test pixels and test masks, so
+    the difference is free of the data's share of the seed spread.
+    """
+    oa = {(r["method"], r["seed"]): r["oa"] for r in runs if r["setting"] == setting and r["oa"] is not None}
+    seeds = sorted({s for m, s in oa if m == method} & {s for m, s in oa if m == other})
+    if not seeds:
+        return None, 0
+    return float(np.mean([oa[(method, s)] - oa[(other, s)] for s in seeds])), len(seeds)
+
+
+def spread_and_gap_table(results: dict[str, Any]) -> list[str]:
+    """Markdown lines: each method's OA spread over seeds, and its paired gap to the reference method and the floor."""
+    methods = results["methods"]
+    against = [m for m in (REFERENCE, FOREST) if m in methods]
+    lines = ["## Seed spread and paired gaps (OA points)", "",
+             "Spread: max − min of OA over the seeds. Gaps: mean OA difference over the seeds both ran "
+             "(one seed gives both the same split, test pixels and masks).", "",
+             "| Setting | Method | seeds | OA spread | " + " | ".join(f"− {m}" for m in against) + " |",
+             "|---|---|---|---|" + "---|" * len(against)]
+    for e in results["table"]:
+        cells = [e["setting"], e["method"], str(e["seeds"]),
+                 "n/a" if e.get("oa_spread") is None else "–" if e["seeds"] < 2 else f"{100 * e['oa_spread']:.2f}"]
+        for other in against:
+            gap, n = paired_gap(results["runs"], e["setting"], e["method"], other) if other != e["method"] else (None, 0)
+            cells.append("" if other == e["method"] else "n/a" if gap is None
+                         else f"{100 * gap:+.2f}" + (f" (n={n})" if n < e["seeds"] else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _cell(entry: dict[str, Any], metric: str, seeds: int) -> str:
     """``mean ± std`` over the entry's seeds, with their count when fewer than the table's ``seeds`` (a merged table)."""
     mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
@@ -416,14 +454,16 @@ def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
         oas = [e["oa_mean"] for e in table if e["method"] == m and e["oa_mean"] is not None]
         means.append(f"{m}: mean OA over settings {100 * np.mean(oas):.2f}%" if oas else f"{m}: n/a")
     lines += ["", "; ".join(means), ""]
+    lines += spread_and_gap_table(results)
     lines += availability_tables(results)
     paths = {"markdown": output / "table.md", "csv": output / "table.csv", "json": output / "results.json"}
     write_text(paths["markdown"], "\n".join(lines))
     with atomic_file(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["setting", "method", "seeds", "oa_mean", "oa_std", "aa_mean", "aa_std", "kappa_mean", "kappa_std"])
+        writer.writerow(["setting", "method", "seeds", "oa_mean", "oa_std", "oa_spread", "aa_mean", "aa_std", "kappa_mean", "kappa_std"])
         for e in table:
-            writer.writerow([e["setting"], e["method"], e["seeds"], e["oa_mean"], e["oa_std"], e["aa_mean"], e["aa_std"], e["kappa_mean"], e["kappa_std"]])
+            writer.writerow([e["setting"], e["method"], e["seeds"], e["oa_mean"], e["oa_std"], e.get("oa_spread"), e["aa_mean"],
+                             e["aa_std"], e["kappa_mean"], e["kappa_std"]])
     write_text(paths["json"], json.dumps(results, indent=1, default=float))
     paths.update(write_confusion_pngs(results, output))
     return paths

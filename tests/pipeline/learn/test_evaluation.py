@@ -13,8 +13,10 @@ from pipeline.evaluate import main as evaluate_main
 from pipeline.learn.evaluation import (
     FOREST,
     MethodVariant,
+    aggregate,
     evaluate,
     merge_results,
+    paired_gap,
     read_results,
     variant_paths,
     write_tables,
@@ -148,3 +150,27 @@ def test_a_data_seed_holds_the_test_pixels_and_masks_while_the_seeds_vary_the_tr
         counts = [{g: v["n"] for g, v in r[kind].items()} for r in runs]
         assert counts[0] == counts[1], kind
     assert len(runs[0]["patterns"]) >= 2
+
+
+def test_the_spread_and_the_gaps_are_paired_on_the_seeds_both_methods_ran(tmp_path: Path) -> None:
+    def run(method: str, seed: int, oa: float) -> dict:
+        return {"setting": "row", "method": method, "seed": seed, "oa": oa, "aa": oa, "kappa": oa, "confusion": [[1]]}
+
+    # mamol ran seeds 0 and 1 only; on seed 2 the baseline fell: a paired gap must not count it
+    runs = [run("baseline", 0, 0.80), run("baseline", 1, 0.84), run("baseline", 2, 0.70),
+            run("mamol", 0, 0.83), run("mamol", 1, 0.85),
+            run(FOREST, 0, 0.60), run(FOREST, 1, 0.62), run(FOREST, 2, 0.61)]
+    methods = ["baseline", "mamol", FOREST]
+    results = {"protocol": "mamol-table1", "scene": "s", "seeds": [0, 1, 2], "settings": ["row"], "methods": methods,
+               "classes": ["a"], "runs": runs, "table": aggregate(runs, ["row"], methods)}
+    spread = {e["method"]: e["oa_spread"] for e in results["table"]}
+    assert spread == pytest.approx({"baseline": 0.14, "mamol": 0.02, FOREST: 0.02})
+    assert paired_gap(runs, "row", "mamol", "baseline") == (pytest.approx(0.02), 2)  # not 0.84 - 0.78
+    assert paired_gap(runs, "row", "mamol", "nobody") == (None, 0)
+    write_tables(results, tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| row | ")}
+    assert rows["mamol"] == "| row | mamol | 2 | 2.00 | +2.00 | +23.00 |"
+    assert rows[FOREST] == "| row | random forest (floor) | 3 | 2.00 | -17.00 |  |"
+    assert rows["baseline"] == "| row | baseline | 3 | 14.00 |  | +17.00 |"
+    assert "oa_spread" in (tmp_path / "table.csv").read_text().splitlines()[0]
