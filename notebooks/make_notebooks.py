@@ -142,7 +142,7 @@ with overall accuracy (OA), average accuracy (AA), Cohen's kappa and confusion m
 | `MMLC_ROWS` | `0,1,2` | rows of the protocol to run (mamol-table1: the three settings at eta 50 %); `all` for all |
 | `MMLC_SEEDS` | `0` | seeds (mean and standard deviation over them) |
 | `MMLC_EPOCHS` | the catalog's | training epochs |
-| `MMLC_MAX_TEST_PIXELS` | `5000` | stratified cap on test pixels |
+| `MMLC_MAX_TEST_PIXELS` | `0` (every test pixel) | stratified cap on test pixels |
 | `MMLC_PROGRESS` | `1` | progress bars |"""),
     new_code_cell("""\
 import os
@@ -161,7 +161,7 @@ ROWS = None if ROWS_TEXT == "all" else [int(r) for r in ROWS_TEXT.split(",")]
 SEEDS = [int(s) for s in os.environ.get("MMLC_SEEDS", "0").split(",")]
 if "MMLC_EPOCHS" in os.environ:
     catalog.training.epochs = int(os.environ["MMLC_EPOCHS"])
-MAX_TEST_PIXELS = int(os.environ.get("MMLC_MAX_TEST_PIXELS", "5000"))
+MAX_TEST_PIXELS = int(os.environ.get("MMLC_MAX_TEST_PIXELS", "0")) or None  # None: every test pixel
 PROGRESS = os.environ.get("MMLC_PROGRESS", "1") == "1"
 print(f"{catalog.name}: methods {METHODS}, {PROTOCOL} rows {ROWS or 'all'}, seeds {SEEDS}, "
       f"{catalog.training.epochs} epochs")"""),

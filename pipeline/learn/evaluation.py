@@ -191,7 +191,7 @@ def evaluate(
     seeds: list[int],
     output: Path,
     scene_name: str | None = None,
-    max_test_pixels: int | None = 5000,
+    max_test_pixels: int | None = None,
     progress: bool = True,
     rows: list[int] | None = None,
     inference: str | None = None,

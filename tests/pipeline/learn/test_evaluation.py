@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from pipeline.config.catalog import Catalog
+from pipeline.config.catalog import Catalog, load_catalog
 from pipeline.config.errors import InputError
 from pipeline.evaluate import main as evaluate_main
 from pipeline.learn.evaluation import (
@@ -21,6 +22,7 @@ from pipeline.learn.evaluation import (
     variant_paths,
     write_tables,
 )
+from pipeline.learn.training import prepare_training_data
 
 
 def test_scene_protocol_reports_the_floor_patterns_and_footprints(demo_catalog: Catalog, tmp_path: Path) -> None:
@@ -150,6 +152,24 @@ def test_a_data_seed_holds_the_test_pixels_and_masks_while_the_seeds_vary_the_tr
         counts = [{g: v["n"] for g, v in r[kind].items()} for r in runs]
         assert counts[0] == counts[1], kind
     assert len(runs[0]["patterns"]) >= 2
+
+
+def test_the_command_line_tests_every_test_pixel_unless_told_to_cap(
+    demo_catalog: Catalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo_catalog.training.max_steps = 2
+    demo_catalog.training.epochs = 1
+    catalog_file = tmp_path / "demo.yaml"
+    catalog_file.write_text(yaml.safe_dump(demo_catalog.model_dump(mode="json")))
+    catalog = load_catalog(catalog_file)
+    split = prepare_training_data(catalog, catalog.scene(None), 0).split
+    args = [str(catalog_file), "--methods", "baseline", "--rows", "1", "--inference", "patch", "--quiet"]
+    for extra, expected in (([], len(split.test_targets)), (["--max-test-pixels", "300"], 300)):
+        assert evaluate_main([*args, *extra, "--output", str(tmp_path / f"eval{len(extra)}")]) == 0
+        run = read_results(tmp_path / f"eval{len(extra)}")["runs"][0]
+        assert run["n"] + run["test_pixels_without_any_modality"] == pytest.approx(expected, abs=5)  # the cap rounds per class
+    assert expected < len(split.test_targets)
+    capsys.readouterr()
 
 
 def test_the_spread_and_the_gaps_are_paired_on_the_seeds_both_methods_ran(tmp_path: Path) -> None:
