@@ -292,14 +292,17 @@ def fit_dense(
     lr = training.lr if training.lr is not None else defaults.lr
     wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
     clip = getattr(training, "grad_clip", None)
-    crops_per_epoch = len(epoch_crops(split.train_rows, split.train_cols, cell, np.random.default_rng(seed), window))
     regions = round(settings.blobs * (size / cell) ** 2)  # regions of the same area whatever the context
     history: list[dict[str, Any]] = []
     for stage in model.stages():
         params = model.configure_stage(stage)
         if not params:
             continue
-        total = training.epochs * math.ceil(crops_per_epoch / settings.crops_per_batch)
+        # Every epoch's cells are drawn before the first step: how many hold a training pixel depends on the
+        # grid offset, so the schedule can only end at 0 on the last batch of the last epoch if it counts them.
+        epoch_corners = [epoch_crops(split.train_rows, split.train_cols, cell, rng, 1 if settings.grid_jitter else window)
+                         - context for _ in range(training.epochs)]
+        total = sum(math.ceil(len(c) / settings.crops_per_batch) for c in epoch_corners)
         if training.max_steps is not None:
             total = min(total, training.max_steps)
         optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
@@ -308,7 +311,7 @@ def fit_dense(
         bar = tqdm(total=total, desc=f"train {model.config.method}/{stage} (dense)", disable=not progress, leave=False)
         for epoch in range(training.epochs):
             model.train()
-            corners = epoch_crops(split.train_rows, split.train_cols, cell, rng, 1 if settings.grid_jitter else window) - context
+            corners = epoch_corners[epoch]
             origins = told_origins(corners, window) if settings.grid_jitter else corners
             patterns = region_patterns(protocol, len(corners) * regions, modalities, seed * 100003 + epoch, generator)
             patterns = patterns.reshape(len(corners), regions, len(modalities))

@@ -141,6 +141,23 @@ def test_same_seed_same_weights_and_validation_labels_never_reach_the_loss(demo_
     assert not all(torch.equal(v, untrained[k]) for k, v in first.items())  # the steps did train
 
 
+def test_the_schedule_runs_every_epoch_and_ends_at_zero_whatever_cells_the_epochs_draw(demo_catalog: Catalog) -> None:
+    from models import build_model
+
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    torch.manual_seed(0)
+    model = build_model(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds))
+    training = SimpleNamespace(epochs=4, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=None, grad_clip=1.0)
+    # one crop a step: each epoch's steps are the cells its random grid offset puts a training pixel in
+    settings = DenseCrops(crop_size=16, context=0, crops_per_batch=1, val_tile=256)
+    history = fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0, progress=False,
+                        precision="float32", settings=settings)
+    steps = np.diff([0] + [h["step"] for h in history])
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # no epoch cut short by an estimated step count
+    assert len(set(steps.tolist())) > 1  # the epochs did draw different numbers of cells
+    assert history[-1]["lr"] == 0.0  # annealed to zero on the last batch of the last epoch
+
+
 @pytest.mark.slow
 def test_dense_training_learns_the_small_demo(demo_catalog: Catalog) -> None:
     from models import build_model
