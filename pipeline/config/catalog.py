@@ -326,8 +326,11 @@ class Training(_Section):
     weight_decay: float | None = None
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
     patience: int = Field(default=8, ge=1, description="epochs without validation progress before stopping (selection: best)")
-    selection: Literal["last", "best"] = Field(
-        default="last", description="weights a stage keeps: 'last' (end of the annealed schedule) or 'best' validation OA")
+    selection: Literal["last", "best", "average"] = Field(
+        default="last", description="weights a stage keeps: 'last' (end of the annealed schedule), 'best' validation OA "
+        "(patch path), or 'average' (the mean over the schedule's last average_fraction of steps)")
+    average_fraction: float = Field(
+        default=0.25, gt=0, le=1, description="selection: average: the share of the schedule's last steps averaged")
     grad_clip: float | None = Field(default=1.0, gt=0, description="gradient norm clip per step (none: no clipping)")
     protocol_masks: Literal["fixed", "per_epoch"] = Field(
         default="fixed", description="patch path: a training pixel keeps the protocol's pattern drawn once ('fixed', the "

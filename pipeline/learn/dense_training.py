@@ -30,7 +30,8 @@ real availability (as the patch path does per sample).
 Validation classifies the validation pixels as mapping does (tiles with a
 halo of the model's receptive radius, on the scene's real availability),
 every ``val_every`` epochs and after the last; the weights kept are the
-last ones (``training.selection: best`` is the patch path's).
+last ones, or with ``training.selection: average`` the mean over the
+schedule's tail (``pipeline.learn.averaging``; ``best`` is the patch path's).
 Same seed, same weights (CPU).
 """
 
@@ -52,6 +53,7 @@ from models.masking import mmp_mask
 from pipeline.config.catalog import DenseCrops, Protocol
 from pipeline.data.patches import NormStats, Window, normalise_window, pixel_windows, read_window
 from pipeline.devices import autocast, autocast_dtype, pick_device
+from pipeline.learn.averaging import TailAverage
 from pipeline.learn.protocols import protocol_availability
 
 MMP_DROP = 0.5
@@ -307,6 +309,7 @@ def fit_dense(
             total = min(total, training.max_steps)
         optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
+        average = TailAverage(params, total, training.average_fraction) if training.selection == "average" else None
         step = 0
         bar = tqdm(total=total, desc=f"train {model.config.method}/{stage} (dense)", disable=not progress, leave=False)
         for epoch in range(training.epochs):
@@ -336,10 +339,14 @@ def fit_dense(
                 optimiser.step()
                 schedule.step()
                 step += 1
+                if average is not None:
+                    average.update(step)
                 losses.append(float(loss.detach()))
                 bar.update(1)
             val_oa = float("nan")
             last = step >= total or epoch + 1 == training.epochs
+            if last and average is not None:
+                average.apply()  # the last validation sees the weights the stage keeps
             if len(split.val_targets) and (epoch == 0 or last or (epoch + 1) % settings.val_every == 0):
                 probs = predict_dense_at(model, scene, split.val_rows, split.val_cols, settings.val_tile, device, precision)
                 val_oa = float((probs.argmax(1) == split.val_targets).mean())

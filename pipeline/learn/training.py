@@ -36,6 +36,7 @@ from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
 from pipeline.files import atomic_directory
+from pipeline.learn.averaging import TailAverage
 from pipeline.learn.dense_training import fit_dense, trains_dense
 from pipeline.learn.protocols import MMP_PROTOCOL_DROP, mmp_mask, protocol_availability, save_protocol_table
 from pipeline.learn.sampling import Split, make_split
@@ -228,8 +229,10 @@ def fit(
 
     Each stage runs its whole learning-rate schedule (warm-up, then linear decay
     to 0). ``training.selection`` says which weights a stage keeps: ``last`` (the
-    default: the end of the annealed schedule) or ``best`` (best validation OA,
-    stopping after ``training.patience`` epochs without progress). Gradients are
+    default: the end of the annealed schedule), ``best`` (best validation OA,
+    stopping after ``training.patience`` epochs without progress) or ``average``
+    (the mean over the schedule's last ``training.average_fraction`` of steps,
+    :mod:`pipeline.learn.averaging`). Gradients are
     clipped to norm ``training.grad_clip``. Shuffling and masking draw from a CPU
     generator seeded with ``seed``, so one seed gives the same batches on any
     device, and the same weights on one device (CUDA runs deterministic kernels).
@@ -262,6 +265,7 @@ def fit(
             # AdamW (decoupled weight decay), a deliberate choice over the papers' Adam: see docs/accuracy.md.
             optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
+            average = TailAverage(params, total, training.average_fraction) if selection == "average" else None
             best_oa, best_state, stale, step = -1.0, None, 0, 0
             bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
             for epoch in range(training.epochs):
@@ -287,8 +291,12 @@ def fit(
                     optimiser.step()
                     schedule.step()
                     step += 1
+                    if average is not None:
+                        average.update(step)
                     losses.append(float(parts["loss"].detach()))
                     bar.update(1)
+                if average is not None and (step >= total or epoch + 1 == training.epochs):
+                    average.apply()  # the last validation sees the weights the stage keeps
                 probs = predict(model, val_patches, val_avail, device=device, precision=precision)
                 val_oa = float((probs.argmax(1) == val_targets).mean()) if len(val_targets) else float("nan")
                 history.append({"stage": stage, "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": float(schedule.get_last_lr()[0])})

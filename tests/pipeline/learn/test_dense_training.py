@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from models.dense import plan_canvas
-from pipeline.config.catalog import Catalog, DenseCrops, Protocol
+from pipeline.config.catalog import Catalog, DenseCrops, Protocol, Training
 from pipeline.learn.dense_training import (
     coherent_masks,
     crop_targets,
@@ -118,7 +117,7 @@ def _fit(catalog: Catalog, data, split, seed: int = 0) -> dict[str, torch.Tensor
 
     torch.manual_seed(seed)
     model = build_model(model_config_for(catalog, catalog.scenes[0], data.ds))
-    training = SimpleNamespace(epochs=1, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=2, grad_clip=1.0)
+    training = Training(epochs=1, max_steps=2)
     fit_dense(model, data.ds, data.stats, split, training, Protocol(kind="eta", eta=0.5), seed, progress=False,
               precision="float32", settings=DenseCrops(crop_size=16, context=8, crops_per_batch=4, val_tile=256))
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # on CUDA too: compared with CPU weights
@@ -147,7 +146,7 @@ def test_the_schedule_runs_every_epoch_and_ends_at_zero_whatever_cells_the_epoch
     data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
     torch.manual_seed(0)
     model = build_model(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds))
-    training = SimpleNamespace(epochs=4, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=None, grad_clip=1.0)
+    training = Training(epochs=4)
     # one crop a step: each epoch's steps are the cells its random grid offset puts a training pixel in
     settings = DenseCrops(crop_size=16, context=0, crops_per_batch=1, val_tile=256)
     history = fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0, progress=False,
@@ -167,7 +166,7 @@ def test_dense_training_learns_the_small_demo(demo_catalog: Catalog) -> None:
     data = prepare_training_data(demo_catalog, scene, 0)
     torch.manual_seed(0)
     model = build_model(model_config_for(demo_catalog, scene, data.ds))
-    training = SimpleNamespace(epochs=8, lr=None, weight_decay=None, warmup_fraction=0.1, max_steps=None, grad_clip=1.0)
+    training = Training(epochs=8)
     settings = DenseCrops(crop_size=16, crops_per_batch=8)
     fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0, progress=False, settings=settings)
     split = data.split
