@@ -23,7 +23,7 @@ class TailAverage:
     def __init__(self, params: list[torch.nn.Parameter], total_steps: int, fraction: float) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        self.params = params
+        self.params: list[Tensor] = list(params)
         self.first = total_steps - max(1, math.ceil(total_steps * fraction))  # steps done before the average starts
         self.mean: list[Tensor] | None = None
         self.count = 0
