@@ -279,6 +279,9 @@ def fit_dense(
     warning = short_schedule_warning(training.epochs, training.max_steps)
     if warning:
         log.warning(warning)
+    if training.selection == "best":
+        log.warning("training.selection is 'best', which the patch path alone follows: the dense path validates every "
+                    "val_every epochs and keeps the last weights ('last'); set 'average' to keep the mean of the schedule's tail")
     device = pick_device()
     dtype = autocast_dtype(device, precision)
     model.to(device)

@@ -198,3 +198,15 @@ def test_auto_trains_densely_only_the_methods_whose_dense_path_held_accuracy() -
     assert trains_dense("auto", held) and not trains_dense("auto", type("NoDense", (mmp,), {"dense_by_default": True}))
     assert trains_dense("dense", mamol) and trains_dense("dense", baseline) and not trains_dense("dense", mmp)
     assert not any(trains_dense("patch", cls) for cls in (mamol, baseline, mmp, held))
+
+
+def test_dense_training_says_it_does_not_follow_selection_best(demo_catalog: Catalog, caplog: pytest.LogCaptureFixture) -> None:
+    from models import build_model
+
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    model = build_model(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds))
+    settings = DenseCrops(crop_size=16, context=0, crops_per_batch=4, val_tile=256)
+    with caplog.at_level("WARNING", logger="pipeline.learn.dense_training"):
+        fit_dense(model, data.ds, data.stats, data.split, Training(epochs=1, max_steps=1, selection="best"),
+                  Protocol(kind="none"), 0, progress=False, precision="float32", settings=settings)
+    assert any("selection is 'best'" in r.getMessage() and "keeps the last weights" in r.getMessage() for r in caplog.records)
