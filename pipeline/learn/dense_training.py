@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from models.base import MissingModalityClassifier
 from models.masking import mmp_mask
-from pipeline.config.catalog import DenseCrops, Protocol
+from pipeline.config.catalog import DenseCrops, Protocol, Training
 from pipeline.data.patches import NormStats, Window, normalise_window, pixel_windows, read_window
 from pipeline.devices import autocast, autocast_dtype, pick_device
 from pipeline.learn.averaging import TailAverage
@@ -255,7 +255,7 @@ def fit_dense(
     ds: xr.Dataset,
     stats: NormStats,
     split: Any,
-    training: Any,
+    training: Training,
     protocol: Protocol,
     seed: int,
     progress: bool = True,
@@ -271,7 +271,7 @@ def fit_dense(
     """
     from pipeline.learn.training import linear_warmup_decay
 
-    settings = settings or getattr(training, "dense", None) or DenseCrops()
+    settings = settings or training.dense
     window = int(getattr(model, "window_size", 0) or 0)
     if not model.supports_dense or settings.crop_size % window or settings.context % window:
         raise ValueError(f"training.dense: crop_size ({settings.crop_size}) and context ({settings.context}) must be "
@@ -296,7 +296,7 @@ def fit_dense(
     defaults = model.optimizer_defaults
     lr = training.lr if training.lr is not None else defaults.lr
     wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
-    clip = getattr(training, "grad_clip", None)
+    clip = training.grad_clip
     regions = round(settings.blobs * (size / cell) ** 2)  # regions of the same area whatever the context
     history: list[dict[str, Any]] = []
     for stage in model.stages():

@@ -31,7 +31,7 @@ from models import (
 )
 from models.base import MissingModalityClassifier
 from models.pretraining import init_from_pretrained
-from pipeline.config.catalog import Catalog, Protocol, Scene
+from pipeline.config.catalog import Catalog, Protocol, Scene, Training
 from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
@@ -211,7 +211,7 @@ def fit(
     val_patches: dict[str, np.ndarray],
     val_avail: np.ndarray,
     val_targets: np.ndarray,
-    training: Any,
+    training: Training,
     seed: int,
     progress: bool = True,
     device: str | torch.device | None = None,
@@ -243,8 +243,8 @@ def fit(
     defaults = model.optimizer_defaults
     lr = training.lr if training.lr is not None else defaults.lr
     wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
-    selection = getattr(training, "selection", "last")
-    clip = getattr(training, "grad_clip", None)
+    selection = training.selection
+    clip = training.grad_clip
     batch_size = training.batch_size
     generator = torch.Generator().manual_seed(seed)
     n = train_avail.shape[0]
@@ -252,7 +252,7 @@ def fit(
     targets_t = torch.from_numpy(train_targets.astype(np.int64))
     tensors = {m: torch.from_numpy(v) for m, v in train_patches.items()}
     avail_t = torch.from_numpy(train_avail)
-    redraw = protocol is not None and train_real is not None and getattr(training, "protocol_masks", "fixed") == "per_epoch"
+    redraw = protocol is not None and train_real is not None and training.protocol_masks == "per_epoch"
     with deterministic_cuda(device):
         for stage in model.stages():
             params = model.configure_stage(stage)
