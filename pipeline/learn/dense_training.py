@@ -53,7 +53,7 @@ from models.masking import mmp_mask
 from pipeline.config.catalog import DenseCrops, Protocol, Training
 from pipeline.data.patches import NormStats, Window, normalise_window, pixel_windows, read_window
 from pipeline.devices import autocast, autocast_dtype, pick_device
-from pipeline.learn.averaging import TailAverage
+from pipeline.learn.optimisation import StageOptimiser
 from pipeline.learn.protocols import protocol_availability
 
 MMP_DROP = 0.5
@@ -269,8 +269,6 @@ def fit_dense(
     says otherwise); ``split`` holds train/val rows, cols and targets (class
     indices). Returns one history row per epoch.
     """
-    from pipeline.learn.training import linear_warmup_decay
-
     settings = settings or training.dense
     window = int(getattr(model, "window_size", 0) or 0)
     if not model.supports_dense or settings.crop_size % window or settings.context % window:
@@ -293,10 +291,6 @@ def fit_dense(
     labels = np.pad(labels, scene.pad, constant_values=-1)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    defaults = model.optimizer_defaults
-    lr = training.lr if training.lr is not None else defaults.lr
-    wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
-    clip = training.grad_clip
     regions = round(settings.blobs * (size / cell) ** 2)  # regions of the same area whatever the context
     history: list[dict[str, Any]] = []
     for stage in model.stages():
@@ -310,10 +304,7 @@ def fit_dense(
         total = sum(math.ceil(len(c) / settings.crops_per_batch) for c in epoch_corners)
         if training.max_steps is not None:
             total = min(total, training.max_steps)
-        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
-        average = TailAverage(params, total, training.average_fraction) if training.selection == "average" else None
-        step = 0
+        optimiser = StageOptimiser(params, total, training, model.optimizer_defaults)
         bar = tqdm(total=total, desc=f"train {model.config.method}/{stage} (dense)", disable=not progress, leave=False)
         for epoch in range(training.epochs):
             model.train()
@@ -323,7 +314,7 @@ def fit_dense(
             patterns = patterns.reshape(len(corners), regions, len(modalities))
             losses = []
             for start in range(0, len(corners), settings.crops_per_batch):
-                if step >= total:
+                if optimiser.done:
                     break
                 batch = corners[start : start + settings.crops_per_batch]
                 inputs, real = scene.crops(batch[:, 0], batch[:, 1], size)
@@ -335,29 +326,21 @@ def fit_dense(
                     logits = model.forward_dense({m: v.to(device) for m, v in inputs.items()}, avail.to(device), origin,
                                                  margin=context)  # the cells' logits; the context only feeds them
                 loss = torch.nn.functional.cross_entropy(logits.float(), targets.to(device), ignore_index=-1)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-                optimiser.step()
-                schedule.step()
-                step += 1
-                if average is not None:
-                    average.update(step)
+                optimiser.step(loss)
                 losses.append(float(loss.detach()))
                 bar.update(1)
             val_oa = float("nan")
-            last = step >= total or epoch + 1 == training.epochs
-            if last and average is not None:
-                average.apply()  # the last validation sees the weights the stage keeps
+            last = optimiser.done or epoch + 1 == training.epochs
+            if last:
+                optimiser.keep_average()  # the last validation sees the weights the stage keeps
             if len(split.val_targets) and (epoch == 0 or last or (epoch + 1) % settings.val_every == 0):
                 probs = predict_dense_at(model, scene, split.val_rows, split.val_cols, settings.val_tile, device, precision)
                 val_oa = float((probs.argmax(1) == split.val_targets).mean())
-            history.append({"stage": stage, "epoch": epoch + 1, "step": step,
+            history.append({"stage": stage, "epoch": epoch + 1, "step": optimiser.steps,
                             "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                            "val_oa": val_oa, "lr": float(schedule.get_last_lr()[0])})
+                            "val_oa": val_oa, "lr": optimiser.lr})
             bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
-            if step >= total:
+            if optimiser.done:
                 break
         bar.close()
     return history

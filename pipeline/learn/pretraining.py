@@ -38,7 +38,7 @@ from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
 from pipeline.files import atomic_file, write_json, write_text
 from pipeline.learn.dense_training import SceneArrays
-from pipeline.learn.training import linear_warmup_decay
+from pipeline.learn.optimisation import linear_warmup_decay
 
 log = logging.getLogger(__name__)
 

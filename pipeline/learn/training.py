@@ -36,8 +36,8 @@ from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
 from pipeline.files import atomic_directory
-from pipeline.learn.averaging import TailAverage
 from pipeline.learn.dense_training import fit_dense, trains_dense
+from pipeline.learn.optimisation import StageOptimiser
 from pipeline.learn.protocols import MMP_PROTOCOL_DROP, mmp_mask, protocol_availability, save_protocol_table
 from pipeline.learn.sampling import Split, make_split
 from pipeline.storage import Location, as_location, open_zarr
@@ -102,18 +102,6 @@ def model_config_for(catalog: Catalog, scene: Scene, ds: xr.Dataset, method: str
         class_descriptions=[dict(c.description or {}) for c in classes],
         params=dict(catalog.model.params),
     )
-
-
-def linear_warmup_decay(total_steps: int, warmup_fraction: float):
-    """LR multiplier: linear warm-up over ``warmup_fraction`` of the steps, then linear decay to 0."""
-    warmup = max(1, int(round(total_steps * warmup_fraction))) if warmup_fraction > 0 else 0
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
 
 
 MASK_SEED_STEP = 100003  # epoch e of seed s draws its protocol masks with seed s + e * MASK_SEED_STEP
@@ -240,11 +228,7 @@ def fit(
     device = torch.device(device) if device is not None else pick_device()
     dtype = autocast_dtype(device, precision)
     model.to(device)
-    defaults = model.optimizer_defaults
-    lr = training.lr if training.lr is not None else defaults.lr
-    wd = training.weight_decay if training.weight_decay is not None else defaults.weight_decay
     selection = training.selection
-    clip = training.grad_clip
     batch_size = training.batch_size
     generator = torch.Generator().manual_seed(seed)
     n = train_avail.shape[0]
@@ -262,11 +246,8 @@ def fit(
             total = training.epochs * steps_per_epoch
             if training.max_steps is not None:
                 total = min(total, training.max_steps)
-            # AdamW (decoupled weight decay), a deliberate choice over the papers' Adam: see docs/accuracy.md.
-            optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_warmup_decay(total, training.warmup_fraction))
-            average = TailAverage(params, total, training.average_fraction) if selection == "average" else None
-            best_oa, best_state, stale, step = -1.0, None, 0, 0
+            optimiser = StageOptimiser(params, total, training, model.optimizer_defaults)
+            best_oa, best_state, stale = -1.0, None, 0
             bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
             for epoch in range(training.epochs):
                 model.train()
@@ -277,29 +258,21 @@ def fit(
                 order = torch.randperm(n, generator=generator)
                 losses = []
                 for start in range(0, n, batch_size):
-                    if step >= total:
+                    if optimiser.done:
                         break
                     idx = order[start : start + batch_size]
                     inputs = {m: t[idx].to(device, non_blocking=True) for m, t in tensors.items()}
                     avail = step_availability(model, protocol, avail_t[idx], generator).to(device)
                     with autocast(device, dtype):
                         parts = model.training_loss(inputs, avail, targets_t[idx].to(device), stage)
-                    optimiser.zero_grad(set_to_none=True)
-                    parts["loss"].float().backward()
-                    if clip:
-                        torch.nn.utils.clip_grad_norm_(params, clip)
-                    optimiser.step()
-                    schedule.step()
-                    step += 1
-                    if average is not None:
-                        average.update(step)
+                    optimiser.step(parts["loss"])
                     losses.append(float(parts["loss"].detach()))
                     bar.update(1)
-                if average is not None and (step >= total or epoch + 1 == training.epochs):
-                    average.apply()  # the last validation sees the weights the stage keeps
+                if optimiser.done or epoch + 1 == training.epochs:
+                    optimiser.keep_average()  # the last validation sees the weights the stage keeps
                 probs = predict(model, val_patches, val_avail, device=device, precision=precision)
                 val_oa = float((probs.argmax(1) == val_targets).mean()) if len(val_targets) else float("nan")
-                history.append({"stage": stage, "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": float(schedule.get_last_lr()[0])})
+                history.append({"stage": stage, "epoch": epoch + 1, "step": optimiser.steps, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_oa": val_oa, "lr": optimiser.lr})
                 bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_oa=f"{val_oa:.3f}")
                 if selection == "best":
                     if not len(val_targets) or val_oa > best_oa:
@@ -307,7 +280,7 @@ def fit(
                         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                     else:
                         stale += 1
-                if step >= total or (selection == "best" and stale >= training.patience):
+                if optimiser.done or (selection == "best" and stale >= training.patience):
                     break
             bar.close()
             if best_state is not None:

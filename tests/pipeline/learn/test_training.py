@@ -11,8 +11,9 @@ from safetensors.numpy import load_file
 
 from models import load_checkpoint
 from pipeline.config.catalog import Catalog
+from pipeline.learn.optimisation import linear_warmup_decay
 from pipeline.learn.protocols import load_protocol_table
-from pipeline.learn.training import linear_warmup_decay, parse_protocol, train
+from pipeline.learn.training import parse_protocol, train
 from pipeline.train import main
 
 
