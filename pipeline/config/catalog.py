@@ -312,6 +312,9 @@ class DenseCrops(_Section):
     strip_fraction: float = Field(default=0.5, ge=0, le=1, description="share of crops masked in strips, not blobs")
     val_tile: int = Field(default=128, ge=8, description="tile side used to classify validation pixels")
     val_every: int = Field(default=5, ge=1, description="epochs between validation passes (and the first and last)")
+    augment: Literal["none", "dihedral"] = Field(
+        default="none", description="'dihedral': every crop, its labels and its masks turned by a random quarter turn "
+        "and mirrored at random (the square's eight symmetries), drawn per crop and step from the training seed")
 
 
 class Training(_Section):
