@@ -72,12 +72,18 @@ class ModelConfig:
         return cls(**data)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerDefaults:
-    """A method's paper training defaults."""
+    """A method's training defaults: the papers' where they give them, else as measured here (docs/accuracy.md)."""
 
     lr: float = 2e-3
     weight_decay: float = 2e-2
+    dense_lr: float | None = None
+    """The dense path's learning rate where it was measured to want its own (None: ``lr``)."""
+
+    def on_dense_path(self) -> OptimizerDefaults:
+        """The defaults the dense trainer uses: ``dense_lr`` as the learning rate where it is set."""
+        return dataclasses.replace(self, lr=self.dense_lr if self.dense_lr is not None else self.lr)
 
 
 class MissingModalityClassifier(nn.Module):

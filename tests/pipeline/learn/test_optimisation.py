@@ -1,13 +1,18 @@
-"""A stage's optimiser: where its learning rate comes from, the clip on every step, the schedule's end."""
+"""A stage's optimiser: where its learning rate comes from (MaMOL's dense rate too), the clip on every step, the schedule's end."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from models import build_model
 from models.base import OptimizerDefaults
-from pipeline.config.catalog import Training
+from models.mamol import MaMOL
+from pipeline.config.catalog import Catalog, DenseCrops, Protocol, Training
+from pipeline.learn.dense_training import fit_dense
 from pipeline.learn.optimisation import StageOptimiser
+from pipeline.learn.training import fit, model_config_for, prepare_training_data
 
 
 def _weights() -> list[torch.nn.Parameter]:
@@ -50,3 +55,42 @@ def test_the_schedule_ends_at_zero_after_its_steps() -> None:
     assert rates[0] == pytest.approx(1e-2)  # one warm-up step, then linear decay
     assert rates == sorted(rates, reverse=True) and rates[-1] > 0
     assert stage.lr == 0.0
+
+
+def test_the_dense_path_takes_dense_lr_where_a_method_sets_it() -> None:
+    assert OptimizerDefaults(lr=2e-3, dense_lr=1e-3).on_dense_path().lr == 1e-3
+    assert OptimizerDefaults(lr=2e-3).on_dense_path().lr == 2e-3
+
+
+def _peak_rates(train) -> set[float]:
+    """The peak learning rate (``initial_lr``) of every optimiser step taken by ``train()``."""
+    rates: set[float] = set()
+
+    def record(optimizer, args, kwargs) -> None:
+        rates.update(group["initial_lr"] for group in optimizer.param_groups)
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train()
+    finally:
+        handle.remove()
+    return rates
+
+
+@pytest.mark.parametrize("catalog_lr", [None, 5e-4])
+def test_mamol_trains_at_its_dense_rate_densely_and_at_lr_on_patches(demo_catalog: Catalog, catalog_lr) -> None:
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    config = model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds)
+    assert config.method == "mamol"
+    training = Training(epochs=1, max_steps=1, lr=catalog_lr)
+    defaults = MaMOL.optimizer_defaults
+    assert defaults.dense_lr is not None and defaults.dense_lr != defaults.lr
+    model = build_model(config)
+    dense = _peak_rates(lambda: fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0,
+                                          progress=False, precision="float32",
+                                          settings=DenseCrops(crop_size=16, crops_per_batch=2, val_tile=256)))
+    patch = _peak_rates(lambda: fit(build_model(config), data.train_patches, data.train_real, data.split.train_targets,
+                                    data.val_patches, data.val_real, data.split.val_targets, training, 0,
+                                    progress=False, device="cpu"))
+    assert dense == {catalog_lr or defaults.dense_lr}
+    assert patch == {catalog_lr or defaults.lr}
