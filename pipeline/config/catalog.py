@@ -312,9 +312,6 @@ class DenseCrops(_Section):
     strip_fraction: float = Field(default=0.5, ge=0, le=1, description="share of crops masked in strips, not blobs")
     val_tile: int = Field(default=128, ge=8, description="tile side used to classify validation pixels")
     val_every: int = Field(default=5, ge=1, description="epochs between validation passes (and the first and last)")
-    augment: Literal["none", "dihedral"] = Field(
-        default="none", description="'dihedral': every crop, its labels and its masks turned by a random quarter turn "
-        "and mirrored at random (the square's eight symmetries), drawn per crop and step from the training seed")
 
 
 class Training(_Section):
@@ -338,6 +335,9 @@ class Training(_Section):
     protocol_masks: Literal["fixed", "per_epoch"] = Field(
         default="fixed", description="patch path: a training pixel keeps the protocol's pattern drawn once ('fixed', the "
         "papers' fixed incomplete set) or gets a new draw every epoch ('per_epoch', as the dense path's masks)")
+    augment: Literal["none", "dihedral"] = Field(
+        default="none", description="'dihedral': every training patch or dense crop, with its labels and masks, turned by "
+        "a random quarter turn and mirrored at random (the square's eight symmetries), drawn per sample from the seed")
     max_steps: int | None = None
     protocol: Protocol = Field(default_factory=Protocol)
     dense: DenseCrops = Field(default_factory=DenseCrops)

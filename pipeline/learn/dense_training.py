@@ -53,6 +53,7 @@ from models.masking import mmp_mask
 from pipeline.config.catalog import DenseCrops, Protocol, Training
 from pipeline.data.patches import NormStats, Window, normalise_window, pixel_windows, read_window
 from pipeline.devices import autocast, autocast_dtype, pick_device
+from pipeline.learn.augmentation import SYMMETRIES, dihedral_crops, symmetry_rng
 from pipeline.learn.optimisation import StageOptimiser
 from pipeline.learn.protocols import protocol_availability
 
@@ -157,23 +158,6 @@ def crop_targets(labels: np.ndarray, pad: int, corners: np.ndarray, cell: int, c
     """
     return np.stack([labels[r + pad + context : r + pad + context + cell, c + pad + context : c + pad + context + cell]
                      for r, c in corners])
-
-
-AUGMENT_SEED_STEP = 7919  # the crops' symmetries draw from seed * AUGMENT_SEED_STEP + 1, apart from the crops and masks
-
-
-def dihedral_crops(inputs: dict[str, Tensor], available: Tensor, targets: Tensor, symmetries: np.ndarray,
-                   ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Crops (B, C, H, W), availability (B, M, H, W) and cell targets (B, h, w) under one symmetry of the square each.
-
-    ``symmetries`` (B,) in 0..7: ``s % 4`` quarter turns, then a left-right mirror where ``s >= 4``. The crop
-    and its cell share a centre (the context is the same on every side), so the targets stay on their pixels.
-    """
-    def turn(x: Tensor) -> Tensor:
-        out = [torch.rot90(x[b], int(s) % 4, dims=(-2, -1)) for b, s in enumerate(symmetries)]
-        return torch.stack([o.flip(-1) if s >= 4 else o for o, s in zip(out, symmetries)])
-
-    return {m: turn(v) for m, v in inputs.items()}, turn(available), turn(targets)
 
 
 def region_patterns(protocol: Protocol, count: int, modalities: list[str], seed: int, generator: torch.Generator) -> np.ndarray:
@@ -307,7 +291,7 @@ def fit_dense(
     labels = label_raster((scene.height, scene.width), split.train_rows, split.train_cols, split.train_targets)
     labels = np.pad(labels, scene.pad, constant_values=-1)
     rng = np.random.default_rng(seed)
-    symmetry_rng = np.random.default_rng(seed * AUGMENT_SEED_STEP + 1)  # its own stream: crops and masks as without
+    symmetries = symmetry_rng(seed)  # its own stream: the crops and masks are those drawn without
     generator = torch.Generator().manual_seed(seed)
     regions = round(settings.blobs * (size / cell) ** 2)  # regions of the same area whatever the context
     history: list[dict[str, Any]] = []
@@ -339,8 +323,8 @@ def fit_dense(
                 masks = coherent_masks(patterns[start : start + len(batch)], size, settings.strip_fraction, rng)
                 avail = training_availability(real, masks)
                 targets = torch.from_numpy(crop_targets(labels, scene.pad, batch, cell, context))
-                if settings.augment == "dihedral":
-                    inputs, avail, targets = dihedral_crops(inputs, avail, targets, symmetry_rng.integers(0, 8, len(batch)))
+                if training.augment == "dihedral":
+                    inputs, avail, targets = dihedral_crops(inputs, avail, targets, symmetries.integers(0, SYMMETRIES, len(batch)))
                 origin = torch.from_numpy(origins[start : start + len(batch)].astype(np.int64))
                 with autocast(device, dtype):
                     logits = model.forward_dense({m: v.to(device) for m, v in inputs.items()}, avail.to(device), origin,

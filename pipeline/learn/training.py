@@ -36,6 +36,7 @@ from pipeline.config.errors import InputError
 from pipeline.data.patches import NormStats, compute_norm_stats, gather_patches
 from pipeline.devices import autocast, autocast_dtype, deterministic_cuda, pick_device
 from pipeline.files import atomic_directory
+from pipeline.learn.augmentation import SYMMETRIES, dihedral_patches, symmetry_rng
 from pipeline.learn.dense_training import fit_dense, trains_dense
 from pipeline.learn.optimisation import StageOptimiser
 from pipeline.learn.protocols import MMP_PROTOCOL_DROP, mmp_mask, protocol_availability, save_protocol_table
@@ -221,7 +222,9 @@ def fit(
     stopping after ``training.patience`` epochs without progress) or ``average``
     (the mean over the schedule's last ``training.average_fraction`` of steps,
     :mod:`pipeline.learn.averaging`). Gradients are
-    clipped to norm ``training.grad_clip``. Shuffling and masking draw from a CPU
+    clipped to norm ``training.grad_clip``. With ``training.augment: dihedral``
+    each patch of a batch is turned and mirrored at random
+    (:mod:`pipeline.learn.augmentation`). Shuffling and masking draw from a CPU
     generator seeded with ``seed``, so one seed gives the same batches on any
     device, and the same weights on one device (CUDA runs deterministic kernels).
     """
@@ -237,6 +240,7 @@ def fit(
     tensors = {m: torch.from_numpy(v) for m, v in train_patches.items()}
     avail_t = torch.from_numpy(train_avail)
     redraw = protocol is not None and train_real is not None and training.protocol_masks == "per_epoch"
+    symmetries = symmetry_rng(seed)  # its own stream: the batches and masks are those drawn without
     with deterministic_cuda(device):
         for stage in model.stages():
             params = model.configure_stage(stage)
@@ -261,7 +265,10 @@ def fit(
                     if optimiser.done:
                         break
                     idx = order[start : start + batch_size]
-                    inputs = {m: t[idx].to(device, non_blocking=True) for m, t in tensors.items()}
+                    batch = {m: t[idx] for m, t in tensors.items()}
+                    if training.augment == "dihedral":
+                        batch = dihedral_patches(batch, symmetries.integers(0, SYMMETRIES, len(idx)))
+                    inputs = {m: v.to(device, non_blocking=True) for m, v in batch.items()}
                     avail = step_availability(model, protocol, avail_t[idx], generator).to(device)
                     with autocast(device, dtype):
                         parts = model.training_loss(inputs, avail, targets_t[idx].to(device), stage)

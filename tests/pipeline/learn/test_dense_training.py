@@ -13,7 +13,6 @@ from pipeline.config.catalog import Catalog, DenseCrops, Protocol, Training
 from pipeline.learn.dense_training import (
     coherent_masks,
     crop_targets,
-    dihedral_crops,
     epoch_crops,
     fit_dense,
     label_raster,
@@ -118,9 +117,9 @@ def _fit(catalog: Catalog, data, split, seed: int = 0, augment: str = "none") ->
 
     torch.manual_seed(seed)
     model = build_model(model_config_for(catalog, catalog.scenes[0], data.ds))
-    training = Training(epochs=1, max_steps=2)
+    training = Training(epochs=1, max_steps=2, augment=augment)
     fit_dense(model, data.ds, data.stats, split, training, Protocol(kind="eta", eta=0.5), seed, progress=False,
-              precision="float32", settings=DenseCrops(crop_size=16, context=8, crops_per_batch=4, val_tile=256, augment=augment))
+              precision="float32", settings=DenseCrops(crop_size=16, context=8, crops_per_batch=4, val_tile=256))
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # on CUDA too: compared with CPU weights
 
 
@@ -139,21 +138,6 @@ def test_same_seed_same_weights_and_validation_labels_never_reach_the_loss(demo_
     torch.manual_seed(0)
     untrained = build_model(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds)).state_dict()
     assert not all(torch.equal(v, untrained[k]) for k, v in first.items())  # the steps did train
-
-
-def test_dihedral_crops_keep_every_label_and_mask_on_its_pixel_under_the_eight_symmetries() -> None:
-    cell, context = 4, 2
-    size = cell + 2 * context
-    values = torch.arange(2 * size * size, dtype=torch.float32).reshape(1, 2, size, size).repeat(8, 1, 1, 1)
-    available = values[:, :1] % 3 > 0  # (B, 1, H, W), a pattern tied to the values
-    targets = values[:, 0, context:-context, context:-context].long()  # each cell pixel's label is its own value
-    inputs, avail, turned = dihedral_crops({"hs": values}, available, targets, np.arange(8))
-    centre = inputs["hs"][:, 0, context:-context, context:-context]
-    assert torch.equal(centre.long(), turned)  # the cell's labels moved with its pixels
-    assert torch.equal(avail, inputs["hs"][:, :1] % 3 > 0)  # and so did the availability
-    assert torch.equal(inputs["hs"][:, 1], inputs["hs"][:, 0] + size * size)  # every band the same way
-    assert len({tuple(x.flatten().tolist()) for x in inputs["hs"]}) == 8  # eight different symmetries
-    assert torch.equal(inputs["hs"][0], values[0])  # symmetry 0 is the identity
 
 
 @pytest.mark.slow
