@@ -280,8 +280,10 @@ def evaluate(
     results = {
         "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
         "seeds": seeds, "data_seed": data_seed, "settings": [s.label for s in settings], "classes": names, "max_test_pixels": max_test_pixels,
-        "seconds": time.perf_counter() - started, "runs": runs,
-        "table": aggregate(runs, [s.label for s in settings], [v.label for v in variants]),
+        "seconds": time.perf_counter() - started,
+        # what the runs were trained with, so a table can be read after its catalog has changed
+        "training": catalog.training.model_dump(mode="json"), "model": catalog.model.model_dump(mode="json"),
+        "runs": runs, "table": aggregate(runs, [s.label for s in settings], [v.label for v in variants]),
     }
     write_tables(results, output)
     return results
@@ -364,7 +366,8 @@ def merge_results(parts: dict[Path, dict[str, Any]]) -> dict[str, Any]:
     file and the key); a (setting, method, seed) run found in two parts must have
     the same OA and is kept once. Settings follow the protocol's row order
     (first appearance for results written before rows were recorded), methods
-    their first appearance.
+    their first appearance. The catalog's ``training`` and ``model`` sections the
+    runs were made with are kept where every part agrees, else ``None``.
     """
     if not parts:
         raise ValueError("nothing to merge: give at least one results.json")
@@ -389,7 +392,10 @@ def merge_results(parts: dict[Path, dict[str, Any]]) -> dict[str, Any]:
     if FOREST in methods:  # the floor stays last, as evaluate writes it
         methods = [m for m in methods if m != FOREST] + [FOREST]
     seeds = sorted({run["seed"] for run in merged})
-    return {**{name: first.get(name) for name in ("catalog", *MERGED_KEYS)}, "methods": methods, "seeds": seeds,
+    # the training and model sections where every part had the same (else None: each part's file says its own)
+    shared = {name: first.get(name) if all(part.get(name) == first.get(name) for part in parts.values()) else None
+              for name in ("training", "model")}
+    return {**{name: first.get(name) for name in ("catalog", *MERGED_KEYS)}, **shared, "methods": methods, "seeds": seeds,
             "settings": settings, "seconds": float(sum(part.get("seconds", 0.0) for part in parts.values())),
             "merged_from": [str(p) for p in parts], "runs": merged, "table": aggregate(merged, settings, methods)}
 

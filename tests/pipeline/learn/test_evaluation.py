@@ -44,6 +44,9 @@ def test_scene_protocol_reports_the_floor_patterns_and_footprints(demo_catalog: 
     assert "OA by availability pattern" in table and "OA by footprint" in table
     entry = next(e for e in results["table"] if e["method"] == "baseline")
     assert entry["seeds"] == 2 and entry["footprints"]["under clouds"]["seeds"] == 2
+    written = read_results(tmp_path / "eval")  # the file records what the runs were trained with
+    assert written["training"]["max_steps"] == 4 and written["training"]["augment"] == "none"
+    assert written["model"]["method"] == demo_catalog.model.method
 
 
 def test_both_paths_are_tested_side_by_side_on_the_same_pixels_and_masks(demo_catalog: Catalog, tmp_path: Path) -> None:
@@ -123,6 +126,10 @@ def test_runs_split_over_seeds_and_rows_merge_into_one_table(
     with pytest.raises(InputError, match=r"tampered/results.json: runs\[setting=.*, seed=0\]\.oa: expected .*the same run twice"):
         merge_results({tmp_path / "a" / "results.json": read_results(tmp_path / "a"),
                        tmp_path / "tampered" / "results.json": tampered})
+    assert merged["training"] == a["training"] and merged["training"]["max_steps"] == 3
+    otherwise_trained = {**read_results(tmp_path / "b"), "training": {**b["training"], "augment": "dihedral"}}
+    mixed = merge_results({tmp_path / "a": read_results(tmp_path / "a"), tmp_path / "b2": otherwise_trained})
+    assert mixed["training"] is None and mixed["model"] == a["model"]  # not one training: each part's file says its own
     other = {**read_results(tmp_path / "b"), "protocol": "mamol-table3"}
     with pytest.raises(InputError, match=r"other.json: protocol: expected 'mamol-table1'"):
         merge_results({tmp_path / "a": a, tmp_path / "other.json": other})
