@@ -80,16 +80,25 @@ class OptimizerDefaults:
     weight_decay: float = 2e-2
     dense_lr: float | None = None
     """The dense path's learning rate where it was measured to want its own (None: ``lr``)."""
+    frozen_lr: float | None = None
+    """The learning rate with the backbone frozen, on either path, where it was measured to want its own (None: the
+    path's): a probe trains only the projection and head, a few weights that a rate tuned for the whole model undertrains."""
 
-    def on_dense_path(self) -> OptimizerDefaults:
-        """The defaults the dense trainer uses: ``dense_lr`` as the learning rate where it is set."""
-        return dataclasses.replace(self, lr=self.dense_lr if self.dense_lr is not None else self.lr)
+    def for_training(self, *, dense: bool, frozen: bool) -> OptimizerDefaults:
+        """The defaults a trainer uses: ``frozen_lr`` with the backbone frozen, else ``dense_lr`` on the dense path, else ``lr``."""
+        if frozen and self.frozen_lr is not None:
+            return dataclasses.replace(self, lr=self.frozen_lr)
+        if dense and self.dense_lr is not None:
+            return dataclasses.replace(self, lr=self.dense_lr)
+        return self
 
 
 class MissingModalityClassifier(nn.Module):
     """Base class: subclasses implement ``forward`` and may override the training hooks."""
 
     optimizer_defaults = OptimizerDefaults()
+    backbone_frozen: bool = False
+    """Whether the backbone's weights stay as they are in training (a pretrained backbone, by default); set by subclasses."""
     supports_dense: bool = False
     """Whether the class offers ``forward_dense`` (one pass classifies every pixel of a crop; ``models.dense``)."""
     param_rules: dict[str, ParamRule] = {}

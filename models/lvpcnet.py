@@ -205,7 +205,7 @@ class LVPCNet(MissingModalityClassifier):
         self.prompts = nn.ParameterDict({name: nn.Parameter(width**-0.5 * torch.randn(depth, length, width)) for name in names})
         self.current_stage = STAGES[0]
         freeze = p["freeze_backbone"]
-        self.encoders_frozen = config.pretrained is not None if freeze is None else bool(freeze)
+        self.backbone_frozen = config.pretrained is not None if freeze is None else bool(freeze)
 
     # -- language features -------------------------------------------------------
     def _text_source(self) -> tuple[str, str | None]:
@@ -318,7 +318,7 @@ class LVPCNet(MissingModalityClassifier):
             trained = {id(p) for p in self.parameters()} - compensation
         for param in self.parameters():
             param.requires_grad_(id(param) in trained)
-        if self.encoders_frozen:  # a pretrained backbone: its copies stay as they are, as in the paper
+        if self.backbone_frozen:  # a pretrained backbone: its copies stay as they are, as in the paper
             for encoder in (self.shared, *self.specific.values()):
                 encoder.requires_grad_(False)
         return [p for p in self.parameters() if p.requires_grad]

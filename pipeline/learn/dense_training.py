@@ -306,7 +306,7 @@ def fit_dense(
         total = sum(math.ceil(len(c) / settings.crops_per_batch) for c in epoch_corners)
         if training.max_steps is not None:
             total = min(total, training.max_steps)
-        optimiser = StageOptimiser(params, total, training, model.optimizer_defaults.on_dense_path())
+        optimiser = StageOptimiser(params, total, training, model.optimizer_defaults.for_training(dense=True, frozen=model.backbone_frozen))
         bar = tqdm(total=total, desc=f"train {model.config.method}/{stage} (dense)", disable=not progress, leave=False)
         for epoch in range(training.epochs):
             model.train()

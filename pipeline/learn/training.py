@@ -250,7 +250,7 @@ def fit(
             total = training.epochs * steps_per_epoch
             if training.max_steps is not None:
                 total = min(total, training.max_steps)
-            optimiser = StageOptimiser(params, total, training, model.optimizer_defaults)
+            optimiser = StageOptimiser(params, total, training, model.optimizer_defaults.for_training(dense=False, frozen=model.backbone_frozen))
             best_oa, best_state, stale = -1.0, None, 0
             bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
             for epoch in range(training.epochs):

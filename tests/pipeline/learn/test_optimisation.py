@@ -1,6 +1,8 @@
-"""A stage's optimiser: where its learning rate comes from (MaMOL's dense rate too), the clip on every step, the schedule's end."""
+"""A stage's optimiser: where its learning rate comes from (MaMOL's dense rate, the baseline's probe rate), the clip on every step, the schedule's end."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from models import build_model
 from models.base import OptimizerDefaults
+from models.baseline import Baseline
 from models.mamol import MaMOL
 from pipeline.config.catalog import Catalog, DenseCrops, Protocol, Training
 from pipeline.learn.dense_training import fit_dense
@@ -58,8 +61,18 @@ def test_the_schedule_ends_at_zero_after_its_steps() -> None:
 
 
 def test_the_dense_path_takes_dense_lr_where_a_method_sets_it() -> None:
-    assert OptimizerDefaults(lr=2e-3, dense_lr=1e-3).on_dense_path().lr == 1e-3
-    assert OptimizerDefaults(lr=2e-3).on_dense_path().lr == 2e-3
+    assert OptimizerDefaults(lr=2e-3, dense_lr=1e-3).for_training(dense=True, frozen=False).lr == 1e-3
+    assert OptimizerDefaults(lr=2e-3, dense_lr=1e-3).for_training(dense=False, frozen=False).lr == 2e-3
+    assert OptimizerDefaults(lr=2e-3).for_training(dense=True, frozen=False).lr == 2e-3
+
+
+def test_a_frozen_backbone_takes_frozen_lr_on_either_path_where_a_method_sets_it() -> None:
+    defaults = OptimizerDefaults(lr=1e-3, dense_lr=5e-4, frozen_lr=2e-3, weight_decay=0.1)
+    assert defaults.for_training(dense=False, frozen=True) == OptimizerDefaults(lr=2e-3, dense_lr=5e-4, frozen_lr=2e-3,
+                                                                                weight_decay=0.1)
+    assert defaults.for_training(dense=True, frozen=True).lr == 2e-3
+    assert defaults.for_training(dense=False, frozen=False).lr == 1e-3
+    assert OptimizerDefaults(lr=1e-3, dense_lr=5e-4).for_training(dense=True, frozen=True).lr == 5e-4
 
 
 def _peak_rates(train) -> set[float]:
@@ -94,3 +107,25 @@ def test_mamol_trains_at_its_dense_rate_densely_and_at_lr_on_patches(demo_catalo
                                     progress=False, device="cpu"))
     assert dense == {catalog_lr or defaults.dense_lr}
     assert patch == {catalog_lr or defaults.lr}
+
+
+@pytest.mark.parametrize("catalog_lr", [None, 5e-4])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_baseline_trains_whole_at_lr_and_probes_a_frozen_backbone_at_frozen_lr(demo_catalog: Catalog, frozen: bool,
+                                                                                   catalog_lr) -> None:
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    config = dataclasses.replace(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds), method="baseline",
+                                 params={"freeze_backbone": frozen})
+    defaults = Baseline.optimizer_defaults
+    assert defaults.frozen_lr is not None and defaults.frozen_lr != defaults.lr
+    training = Training(epochs=1, max_steps=1, lr=catalog_lr)
+    model = build_model(config)
+    assert model.backbone_frozen is frozen
+    dense = _peak_rates(lambda: fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0,
+                                          progress=False, precision="float32",
+                                          settings=DenseCrops(crop_size=16, crops_per_batch=2, val_tile=256)))
+    patch = _peak_rates(lambda: fit(build_model(config), data.train_patches, data.train_real, data.split.train_targets,
+                                    data.val_patches, data.val_real, data.split.val_targets, training, 0,
+                                    progress=False, device="cpu"))
+    expected = catalog_lr or (defaults.frozen_lr if frozen else defaults.lr)
+    assert dense == {expected} and patch == {expected}
