@@ -9,13 +9,13 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from models import build_model
-from models.base import OptimizerDefaults
+from models.base import ModelConfig, OptimizerDefaults
 from models.baseline import Baseline
 from models.mamol import MaMOL
 from pipeline.config.catalog import Catalog, DenseCrops, Protocol, Training
 from pipeline.learn.dense_training import fit_dense
 from pipeline.learn.optimisation import StageOptimiser
-from pipeline.learn.training import fit, model_config_for, prepare_training_data
+from pipeline.learn.training import TrainingData, fit, model_config_for, prepare_training_data
 
 
 def _weights() -> list[torch.nn.Parameter]:
@@ -90,6 +90,17 @@ def _peak_rates(train) -> set[float]:
     return rates
 
 
+def _peak_rates_on_both_paths(config: ModelConfig, data: TrainingData, training: Training) -> tuple[set[float], set[float]]:
+    """The peak learning rates of one model of ``config`` trained densely and of another trained on patches."""
+    dense = _peak_rates(lambda: fit_dense(build_model(config), data.ds, data.stats, data.split, training,
+                                          Protocol(kind="none"), 0, progress=False, precision="float32",
+                                          settings=DenseCrops(crop_size=16, crops_per_batch=2, val_tile=256)))
+    patch = _peak_rates(lambda: fit(build_model(config), data.train_patches, data.train_real, data.split.train_targets,
+                                    data.val_patches, data.val_real, data.split.val_targets, training, 0,
+                                    progress=False, device="cpu"))
+    return dense, patch
+
+
 @pytest.mark.parametrize("catalog_lr", [None, 5e-4])
 def test_mamol_trains_at_its_dense_rate_densely_and_at_lr_on_patches(demo_catalog: Catalog, catalog_lr) -> None:
     data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
@@ -98,13 +109,7 @@ def test_mamol_trains_at_its_dense_rate_densely_and_at_lr_on_patches(demo_catalo
     training = Training(epochs=1, max_steps=1, lr=catalog_lr)
     defaults = MaMOL.optimizer_defaults
     assert defaults.dense_lr is not None and defaults.dense_lr != defaults.lr
-    model = build_model(config)
-    dense = _peak_rates(lambda: fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0,
-                                          progress=False, precision="float32",
-                                          settings=DenseCrops(crop_size=16, crops_per_batch=2, val_tile=256)))
-    patch = _peak_rates(lambda: fit(build_model(config), data.train_patches, data.train_real, data.split.train_targets,
-                                    data.val_patches, data.val_real, data.split.val_targets, training, 0,
-                                    progress=False, device="cpu"))
+    dense, patch = _peak_rates_on_both_paths(config, data, training)
     assert dense == {catalog_lr or defaults.dense_lr}
     assert patch == {catalog_lr or defaults.lr}
 
@@ -119,13 +124,7 @@ def test_the_baseline_trains_whole_at_lr_and_probes_a_frozen_backbone_at_frozen_
     defaults = Baseline.optimizer_defaults
     assert defaults.frozen_lr is not None and defaults.frozen_lr != defaults.lr
     training = Training(epochs=1, max_steps=1, lr=catalog_lr)
-    model = build_model(config)
-    assert model.backbone_frozen is frozen
-    dense = _peak_rates(lambda: fit_dense(model, data.ds, data.stats, data.split, training, Protocol(kind="none"), 0,
-                                          progress=False, precision="float32",
-                                          settings=DenseCrops(crop_size=16, crops_per_batch=2, val_tile=256)))
-    patch = _peak_rates(lambda: fit(build_model(config), data.train_patches, data.train_real, data.split.train_targets,
-                                    data.val_patches, data.val_real, data.split.val_targets, training, 0,
-                                    progress=False, device="cpu"))
+    assert build_model(config).backbone_frozen is frozen
+    dense, patch = _peak_rates_on_both_paths(config, data, training)
     expected = catalog_lr or (defaults.frozen_lr if frozen else defaults.lr)
     assert dense == {expected} and patch == {expected}
