@@ -318,6 +318,10 @@ class Training(_Section):
     samples_per_class: int | dict[str, int] | None = Field(
         default=100, description="training pixels per class (one number, or per class name)"
     )
+    sampling: Literal["random", "spatial"] = Field(
+        default="spatial", description="how a class's training pixels are drawn: 'spatial' (spatially balanced: the "
+        "class's pixels in Z-order cut into equal strata, one pixel drawn from each) or 'random' (uniformly; the only "
+        "draw before 2026-12-07)")
     validation_fraction: float = Field(default=0.2, ge=0, lt=1)
     seed: int = 0
     epochs: int = Field(default=30, ge=1)
