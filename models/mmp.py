@@ -24,7 +24,11 @@ whose real tokens T_i are known. The target T_i is detached: the tokenizer
 learns from the task only, and the projection learns to imitate it (without
 the stop-gradient the tokenizer could lower the alignment loss by shrinking
 every modality's tokens). Modalities missing in the data itself (not masked)
-have no target and add nothing to the alignment loss. At inference the
+have no target and add nothing to the alignment loss. With ``keep_complete``
+(the default, a deliberate departure from the paper, whose training data is
+complete) a masked sample is trained on once more as it is, so that under a
+protocol that leaves few samples complete the head still sees them
+(docs/accuracy.md, "MMP keeps the complete samples it masks"). At inference the
 projected tokens fill every missing modality.
 
 ``config.params`` (with the common keys of ``models.classifier``; ``missing_tokens``
@@ -34,6 +38,8 @@ does not apply, missing tokens are always projected):
     projection_heads: attention heads of the cross-attentions (default: the backbone's).
     mlp_ratio: hidden width of the projection MLP over its output width (default 2).
     align_weight: weight of the SmoothL1 alignment loss (default 1.0).
+    keep_complete: a complete sample the training mask drops a modality of is also trained on
+        as it is, beside its masked copy (default true; see :meth:`MMP.training_loss`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from torch import Tensor, nn
 from models.base import ModelConfig
 from models.classifier import COMMON_PARAMS, PatchTransformerClassifier
 from models.masking import mmp_mask
+from models.params import TRUE_OR_FALSE
 from models.registry import register
 
 MMP_PARAMS: dict[str, Any] = {
@@ -56,6 +63,7 @@ MMP_PARAMS: dict[str, Any] = {
     "projection_heads": None,
     "mlp_ratio": 2,
     "align_weight": 1.0,
+    "keep_complete": True,
 }
 
 
@@ -111,11 +119,32 @@ class MaskedModalityProjection(nn.Module):
         return self.mlps[target](torch.cat(slots, dim=-1))
 
 
+def with_unmasked_copies(
+    inputs: dict[str, Tensor], available: Tensor, real: Tensor, targets: Tensor
+) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    """The batch with every masked sample appended once more under its real availability.
+
+    Under a protocol that already leaves most samples incomplete (eta 90 %: one
+    in ten complete), MMP's mask would leave about a third of the few complete
+    ones complete, so the head barely sees both modalities together and the
+    projector has few targets. Appending the unmasked copies keeps the
+    protocol's complete samples for the task while each masked copy still
+    trains the projection.
+    """
+    rows = (real & ~available).any(dim=1).nonzero(as_tuple=True)[0]
+    if rows.numel() == 0:
+        return inputs, available, real, targets
+    grown = {m: torch.cat([v, v.index_select(0, rows)]) for m, v in inputs.items()}
+    copies = real.index_select(0, rows)
+    return grown, torch.cat([available, copies]), torch.cat([real, copies]), torch.cat([targets, targets.index_select(0, rows)])
+
+
 @register("mmp")
 class MMP(PatchTransformerClassifier):
     """Masked Modality Projection on the open_clip backbone (see the module docstring)."""
 
     default_params = MMP_PARAMS
+    param_rules = {**PatchTransformerClassifier.param_rules, "keep_complete": TRUE_OR_FALSE}
     masks_modalities_in_training = True
 
     def __init__(self, config: ModelConfig) -> None:
@@ -123,6 +152,7 @@ class MMP(PatchTransformerClassifier):
         p = self.params
         if not 0 <= float(p["mask_prob"]) < 1:
             raise ValueError(f"mask_prob must lie in [0, 1), got {p['mask_prob']}")
+        TRUE_OR_FALSE.check("keep_complete", p["keep_complete"])
         if len(config.modalities) < 2:
             raise ValueError(f"MMP projects a missing modality from the others: it needs two or more, got {config.modalities}")
         heads = int(p["projection_heads"] or self.backbone.heads)
@@ -186,6 +216,8 @@ class MMP(PatchTransformerClassifier):
         if real is None or real.shape != available.shape or bool((available & ~real).any()):
             real = available
         self.check_inputs(inputs, available)
+        if self.params["keep_complete"]:
+            inputs, available, real, targets = with_unmasked_copies(inputs, available, real, targets)
         tokens, projected, _ = self.projected_tokens(inputs, available)
         logits = self.classify_tokens(tokens, available)
         ce = nn.functional.cross_entropy(logits, targets)

@@ -29,3 +29,7 @@ class ParamRule:
 def whole(value: Any) -> bool:
     """An integer, or a float with no fraction (YAML's ``4.0``); not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+
+
+TRUE_OR_FALSE = ParamRule(lambda value: isinstance(value, bool), "true or false")
+"""A switch: YAML's ``true``/``false`` only, so a quoted ``"false"`` is not read as on."""

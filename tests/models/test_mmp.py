@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import build_model, load_checkpoint, save_checkpoint
-from models.mmp import MMP
+from models.mmp import MMP, with_unmasked_copies
 
 THREE = (["hs", "sar", "dsm"], [30, 4, 1])
 
@@ -137,6 +137,11 @@ def test_bfloat16_autocast_and_checkpoint_round_trip(make_config, make_batch, tm
         assert torch.equal(model(inputs, available), loaded(inputs, available))
 
 
+def test_keep_complete_must_be_a_switch(make_config):
+    with pytest.raises(ValueError, match="keep_complete must be true or false, got 'false'"):
+        build_model(make_config("mmp", keep_complete="false"))
+
+
 def test_mmp_needs_two_modalities():
     from models import ModelConfig
 
@@ -152,3 +157,38 @@ def test_mask_leaves_samples_a_protocol_made_incomplete_alone(make_config):
     incomplete = ~available.all(dim=1)
     assert torch.equal(masked[incomplete], available[incomplete])  # no second drop on the protocol's
     assert not masked[~incomplete].all()  # complete samples are still masked
+
+
+def test_unmasked_copies_append_each_masked_sample_once_under_its_real_availability(make_config, make_batch):
+    config = make_config("mmp")
+    inputs = make_batch(config, batch=4)
+    real = torch.tensor([[True, True], [True, True], [True, False], [True, True]])
+    available = torch.tensor([[True, True], [False, True], [True, False], [True, False]])  # rows 1 and 3 masked
+    targets = torch.tensor([0, 1, 2, 3])
+    grown, avail, real_grown, tgt = with_unmasked_copies(inputs, available, real, targets)
+    for name in config.modalities:
+        assert torch.equal(grown[name][:4], inputs[name]) and torch.equal(grown[name][4:], inputs[name][[1, 3]])
+    assert torch.equal(avail, torch.cat([available, real[[1, 3]]]))
+    assert torch.equal(real_grown, torch.cat([real, real[[1, 3]]])) and torch.equal(tgt, torch.tensor([0, 1, 2, 3, 1, 3]))
+    unmasked = with_unmasked_copies(inputs, real, real, targets)  # nothing masked: the batch as it was
+    assert unmasked[0] is inputs and unmasked[1] is real
+
+
+@pytest.mark.parametrize("keep_complete", [True, False])
+def test_keep_complete_trains_the_head_on_a_masked_sample_as_it_is_too(make_config, make_batch, keep_complete):
+    torch.manual_seed(0)
+    model = build_model(make_config("mmp", keep_complete=keep_complete)).eval()
+    inputs = make_batch(model.config, batch=32)
+    targets = torch.arange(32) % model.config.num_classes
+    complete = torch.ones(32, 2, dtype=torch.bool)
+    masked = model.training_availability(complete, torch.Generator().manual_seed(0))
+    rows = (~masked).any(dim=1).nonzero(as_tuple=True)[0]
+    assert 0 < rows.numel() < 32
+    with torch.no_grad():
+        parts = model.training_loss(inputs, masked, targets, "main")
+        logits, tgt = model(inputs, masked), targets
+        if keep_complete:
+            copies = {name: x[rows] for name, x in inputs.items()}
+            logits, tgt = torch.cat([logits, model(copies, complete[rows])]), torch.cat([targets, targets[rows]])
+    assert torch.allclose(parts["ce"], torch.nn.functional.cross_entropy(logits, tgt), atol=1e-6)
+    assert parts["align"] > 0  # the masked copies still train the projection
