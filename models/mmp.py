@@ -126,10 +126,9 @@ def with_unmasked_copies(
 
     Under a protocol that already leaves most samples incomplete (eta 90 %: one
     in ten complete), MMP's mask would leave about a third of the few complete
-    ones complete, so the head barely sees both modalities together and the
-    projector has few targets. Appending the unmasked copies keeps the
-    protocol's complete samples for the task while each masked copy still
-    trains the projection.
+    ones complete, so the head barely sees both modalities together. Appending
+    the unmasked copies keeps the protocol's complete samples for the task
+    while each masked copy still trains the projection.
     """
     rows = (real & ~available).any(dim=1).nonzero(as_tuple=True)[0]
     if rows.numel() == 0:
