@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.base import MissingModalityClassifier
 from models.pretraining import init_from_pretrained
 from models.registry import method_class
 from pipeline.config.catalog import Catalog, Protocol
@@ -35,9 +36,11 @@ from pipeline.learn.breakdown import footprint_masks, grouped_summaries, pattern
 from pipeline.learn.dense_training import SceneArrays, fit_dense, predict_dense_at, scene_mask, trains_dense
 from pipeline.learn.forest import fit_forest, forest_predict
 from pipeline.learn.metrics import classification_summary
+from pipeline.learn.pattern_sweep import PatternPredictor, sweep_patterns
 from pipeline.learn.protocols import (
     MAMOL_TABLE1_ROWS,
     mamol_table3_rows,
+    pattern_fractions,
 )
 from pipeline.learn.training import (
     build_catalog_model,
@@ -242,6 +245,7 @@ def evaluate(
             train_avail = simulated_availability(setting.train, data.train_real, data.modalities, seed)
             val_avail = simulated_availability(setting.train, data.val_real, data.modalities, seed + 1)
             mask = scene_mask(setting.test, (data.ds.sizes["y"], data.ds.sizes["x"]), data.modalities, drawn + 2)
+            fractions = pattern_fractions(setting.test, data.modalities)
             test_avail = mask[:, test_rows, test_cols].T & test_real
             testable = test_avail.any(axis=1)
             test_in = {m: v[testable] for m, v in test_p.items()}
@@ -254,7 +258,11 @@ def evaluate(
             t0 = time.perf_counter()
             forest = fit_forest(data.train_patches, train_avail, split.train_targets, data.modalities, seed)
             predicted = forest_predict(forest, test_in, test_avail[testable], data.modalities)
-            runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=time.perf_counter() - t0, **context))
+            seconds = time.perf_counter() - t0
+            swept = sweep_patterns(test_targets, test_real, fractions, _forest_predictor(forest, test_p, data.modalities),
+                                   data.modalities, names)
+            runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=seconds,
+                                    every_pattern=swept, **context))
             for (variant, path), label in zip(runs_of, (v.label for v in variants)):
                 config = data.config
                 config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
@@ -269,13 +277,18 @@ def evaluate(
                         scene_arrays = SceneArrays.read(data.ds, data.modalities, data.stats, model.receptive_radius)
                     probs = predict_dense_at(model, scene_arrays.masked(mask), test_rows[testable], test_cols[testable],
                                              precision=catalog.model.precision)
+                    seconds = time.perf_counter() - t0
+                    predictor = _dense_predictor(model, scene_arrays, test_rows, test_cols, catalog.model.precision)
                 else:
                     history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
                                   split.val_targets, catalog.training, seed, progress,
                                   precision=catalog.model.precision, protocol=setting.train, train_real=data.train_real)
                     probs = predict(model, test_in, test_avail[testable], precision=catalog.model.precision)
+                    seconds = time.perf_counter() - t0
+                    predictor = _patch_predictor(model, test_p, catalog.model.precision)
+                swept = sweep_patterns(test_targets, test_real, fractions, predictor, data.modalities, names)
                 runs.append(run_summary(truth, probs.argmax(1), names, groups, method=label, epochs=len(history),
-                                        seconds=time.perf_counter() - t0, **context))
+                                        seconds=seconds, every_pattern=swept, **context))
     variants = [*variants, MethodVariant(label=FOREST, method="forest")]
     results = {
         "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
@@ -289,15 +302,39 @@ def evaluate(
     return results
 
 
+def _take(patches: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    return {m: v[keep] for m, v in patches.items()}
+
+
+def _forest_predictor(forest: Any, patches: dict[str, np.ndarray], modalities: list[str]) -> PatternPredictor:
+    return lambda _pattern, available, keep: forest_predict(forest, _take(patches, keep), available, modalities)
+
+
+def _patch_predictor(model: MissingModalityClassifier, patches: dict[str, np.ndarray], precision: str) -> PatternPredictor:
+    return lambda _pattern, available, keep: predict(model, _take(patches, keep), available, precision=precision).argmax(1)
+
+
+def _dense_predictor(model: MissingModalityClassifier, scene: SceneArrays, rows: np.ndarray, cols: np.ndarray, precision: str) -> PatternPredictor:
+    """The pattern over the whole scene (each pixel classified as inside a large region of it), ANDed with the real availability."""
+    def classify(pattern: tuple[bool, ...], _available: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        mask = np.broadcast_to(np.asarray(pattern, dtype=bool)[:, None, None], (len(pattern), scene.height, scene.width))
+        return predict_dense_at(model, scene.masked(mask), rows[keep], cols[keep], precision=precision).argmax(1)
+    return classify
+
+
 def run_summary(
     truth: np.ndarray, predicted: np.ndarray, names: list[str], groups: dict[str, dict[str, np.ndarray]], **fields: Any
 ) -> dict[str, Any]:
-    """One run's metrics: overall, and per group of every kind (``patterns``, ``footprints``), with ``fields``."""
+    """One run's metrics: overall, and per group of every kind (``patterns``, ``footprints``), with ``fields``.
+
+    ``fields`` may hold ``every_pattern``, the sweep of :func:`pipeline.learn.pattern_sweep.sweep_patterns`.
+    """
     summary = classification_summary(truth, predicted, len(names), names)
     summary.update(fields)
     summary.update({kind: grouped_summaries(truth, predicted, members, names) for kind, members in groups.items()})
-    log.info("%s | %s | seed %d: OA %.4f AA %.4f kappa %.4f", fields.get("setting"), fields.get("method"), fields.get("seed"),
-             summary["oa"], summary["aa"], summary["kappa"])
+    swept = (fields.get("every_pattern") or {}).get("oa")
+    log.info("%s | %s | seed %d: OA %.4f AA %.4f kappa %.4f%s", fields.get("setting"), fields.get("method"), fields.get("seed"),
+             summary["oa"], summary["aa"], summary["kappa"], "" if swept is None else f" | every pattern: OA {swept:.4f}")
     return summary
 
 
@@ -336,8 +373,24 @@ def aggregate(runs: list[dict[str, Any]], settings: list[str], methods: list[str
                     entry[kind][g] = {"oa_mean": float(oas.mean()) if oas.size else None,
                                       "oa_std": seed_std(oas), "seeds": int(oas.size),
                                       "pixels_mean": float(np.mean(pixels))}
+            entry["every_pattern"] = every_pattern_entry(rows)
             table.append(entry)
     return table
+
+
+def every_pattern_entry(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, std and spread over seeds of the runs' every-pattern OA, and each pattern's OA (runs without it left out)."""
+    swept = [r["every_pattern"] for r in rows if (r.get("every_pattern") or {}).get("oa") is not None]
+    oas = np.array([s["oa"] for s in swept], dtype=float)
+    entry: dict[str, Any] = {"seeds": int(oas.size), "oa_mean": float(oas.mean()) if oas.size else None,
+                             "oa_std": seed_std(oas), "oa_spread": float(oas.max() - oas.min()) if oas.size else None,
+                             "patterns": {}}
+    for label in dict.fromkeys(g for s in swept for g in s["patterns"]):
+        cells = [s["patterns"][label] for s in swept if label in s["patterns"]]
+        values = np.array([c["oa"] for c in cells], dtype=float)
+        entry["patterns"][label] = {"oa_mean": float(values.mean()), "oa_std": seed_std(values), "seeds": int(values.size),
+                                    "pixels_mean": float(np.mean([c["n"] for c in cells])), "weight": cells[0]["weight"]}
+    return entry
 
 
 MERGED_KEYS = ("scene", "protocol", "classes", "max_test_pixels", "data_seed")
@@ -418,19 +471,25 @@ def spread_and_gap_table(results: dict[str, Any]) -> list[str]:
     methods = results["methods"]
     against = [m for m in (REFERENCE, FOREST) if m in methods]
     lines = ["## Seed spread and paired gaps (OA points)", "",
-             "Spread: max − min of OA over the seeds. Gaps: mean OA difference over the seeds both ran "
+             "Spread: max − min of OA over the seeds, under the row's test mask and with every test pixel under every "
+             "pattern of the row (the test mask's draw taken out). Gaps: mean OA difference over the seeds both ran "
              "(one seed gives both the same split, test pixels and masks).", "",
-             "| Setting | Method | seeds | OA spread | " + " | ".join(f"− {m}" for m in against) + " |",
-             "|---|---|---|---|" + "---|" * len(against)]
+             "| Setting | Method | seeds | OA spread | OA spread, every pattern | " + " | ".join(f"− {m}" for m in against) + " |",
+             "|---|---|---|---|---|" + "---|" * len(against)]
     for e in results["table"]:
-        cells = [e["setting"], e["method"], str(e["seeds"]),
-                 "n/a" if e.get("oa_spread") is None else "–" if e["seeds"] < 2 else f"{100 * e['oa_spread']:.2f}"]
+        swept = e.get("every_pattern") or {}
+        cells = [e["setting"], e["method"], str(e["seeds"]), _spread_cell(e.get("oa_spread"), e["seeds"]),
+                 _spread_cell(swept.get("oa_spread"), swept.get("seeds", 0))]
         for other in against:
             gap, n = paired_gap(results["runs"], e["setting"], e["method"], other) if other != e["method"] else (None, 0)
             cells.append("" if other == e["method"] else "n/a" if gap is None
                          else f"{100 * gap:+.2f}" + (f" (n={n})" if n < e["seeds"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _spread_cell(spread: float | None, seeds: int) -> str:
+    return "n/a" if spread is None else "–" if seeds < 2 else f"{100 * spread:.2f}"
 
 
 def _cell(entry: dict[str, Any], metric: str, seeds: int) -> str:
@@ -466,10 +525,13 @@ def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
     write_text(paths["markdown"], "\n".join(lines))
     with atomic_file(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["setting", "method", "seeds", "oa_mean", "oa_std", "oa_spread", "aa_mean", "aa_std", "kappa_mean", "kappa_std"])
+        writer.writerow(["setting", "method", "seeds", "oa_mean", "oa_std", "oa_spread", "aa_mean", "aa_std", "kappa_mean", "kappa_std",
+                         "every_pattern_oa_mean", "every_pattern_oa_std", "every_pattern_oa_spread"])
         for e in table:
+            swept = e.get("every_pattern") or {}
             writer.writerow([e["setting"], e["method"], e["seeds"], e["oa_mean"], e["oa_std"], e.get("oa_spread"), e["aa_mean"],
-                             e["aa_std"], e["kappa_mean"], e["kappa_std"]])
+                             e["aa_std"], e["kappa_mean"], e["kappa_std"], swept.get("oa_mean"), swept.get("oa_std"),
+                             swept.get("oa_spread")])
     write_text(paths["json"], json.dumps(results, indent=1, default=float))
     paths.update(write_confusion_pngs(results, output))
     return paths
@@ -495,7 +557,33 @@ def availability_tables(results: dict[str, Any]) -> list[str]:
                 cells.append(f"{100 * cell['oa_mean']:.2f}{spread} [{cell['pixels_mean']:.0f}]")
             lines.append(f"| {e['setting']} | {e['method']} | " + " | ".join(cells) + " |")
         lines.append("")
-    return lines
+    return [*lines, *every_pattern_table(results)]
+
+
+def every_pattern_table(results: dict[str, Any]) -> list[str]:
+    """Markdown lines: OA with every test pixel under each pattern of its row, and the row's expected OA (none if no run has it)."""
+    entries = [e for e in results["table"] if (e.get("every_pattern") or {}).get("seeds")]
+    if not entries:
+        return []
+    groups = list(dict.fromkeys(g for e in entries for g in e["every_pattern"]["patterns"]))
+    lines = ["## OA with every test pixel under every pattern of the row (%, mean ± sample std over seeds)", "",
+             "Each pattern's OA is over the same test pixels (those it leaves a modality: the count in brackets), the pattern "
+             "ANDed with the pixel's real availability; the row's OA weighs the patterns by the row's fractions (w) and "
+             "their pixels, the mean over the test mask's draws.", "",
+             "| Setting | Method | row OA | " + " | ".join(groups) + " |", "|---|---|---|" + "---|" * len(groups)]
+    for e in entries:
+        swept = e["every_pattern"]
+        cells = [_mean_std(swept["oa_mean"], swept["oa_std"], swept["seeds"])]
+        for g in groups:
+            cell = swept["patterns"].get(g)
+            cells.append("n/a" if cell is None else
+                         f"{_mean_std(cell['oa_mean'], cell['oa_std'], cell['seeds'])} [{cell['pixels_mean']:.0f}; w {cell['weight']:.2f}]")
+        lines.append(f"| {e['setting']} | {e['method']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _mean_std(mean: float, std: float | None, seeds: int) -> str:
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 and std is not None else "")
 
 
 def write_confusion_pngs(results: dict[str, Any], output: Path) -> dict[str, Path]:

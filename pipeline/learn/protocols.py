@@ -328,13 +328,34 @@ def protocol_availability(
         raise CatalogError(catalog_file, "training.protocol.rates", "valid availability rates", str(exc)) from exc
 
 
+PATTERN_FRACTION_SAMPLES = 10_000
+"""Samples a protocol is simulated on to read its pattern fractions (the simulations are exact counts, so these are exact
+to 1e-4)."""
+
+
+def pattern_fractions(protocol: Protocol, modalities: Sequence[str]) -> dict[tuple[bool, ...], float]:
+    """The fraction of samples the protocol gives each availability pattern (patterns with none left out), code order.
+
+    Read off :func:`protocol_availability` itself, so the fractions are the ones the
+    protocol's masks follow: ``rates`` HS 75 / LiDAR 75 gives complete 0.5 and each
+    modality alone 0.25; ``none`` gives the complete pattern 1.0 (the scene's real
+    availability is ANDed in by the caller, as for any simulated table).
+    """
+    table = protocol_availability(protocol, PATTERN_FRACTION_SAMPLES, modalities, seed=0)
+    patterns, counts = np.unique(table, axis=0, return_counts=True)
+    fractions = {tuple(bool(v) for v in row): int(n) / len(table) for row, n in zip(patterns, counts)}
+    return dict(sorted(fractions.items(), key=lambda item: sum(1 << i for i, v in enumerate(item[0]) if v)))
+
+
 __all__ = [
     "MAMOL_TABLE1_ROWS",
     "MMP_PROTOCOL_DROP",
+    "PATTERN_FRACTION_SAMPLES",
     "ProtocolTable",
     "RatesRow",
     "Table1Row",
     "incomplete_patterns",
+    "pattern_fractions",
     "load_protocol_table",
     "mamol_table3_rows",
     "mmp_mask",

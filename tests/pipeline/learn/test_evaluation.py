@@ -62,7 +62,34 @@ def test_both_paths_are_tested_side_by_side_on_the_same_pixels_and_masks(demo_ca
     counts = {m: {k: g["n"] for k, g in r["patterns"].items()} for m, r in runs.items()}
     assert counts["baseline"] == counts["baseline [dense]"] == counts["mmp"] == counts[FOREST]
     assert len(counts["baseline"]) >= 2  # the row's protocol masks a modality on part of the scene
+    # every test pixel under each of the row's patterns (HS 50 / LiDAR 100: clear and LiDAR alone, half each), the same
+    # pixels for every path: clear keeps every pixel with a modality (more than the mask's clear half), LiDAR alone those
+    # of them with LiDAR
+    swept = {m: r["every_pattern"] for m, r in runs.items()}
+    tested = runs["baseline"]["n"] + runs["baseline"]["test_pixels_without_any_modality"]
+    for method, every in swept.items():
+        assert {k: v["weight"] for k, v in every["patterns"].items()} == {"lidar only": 0.5, "clear": 0.5}, method
+        pixels = {k: v["n"] for k, v in every["patterns"].items()}
+        assert pixels == {k: v["n"] for k, v in swept["baseline"]["patterns"].items()}, method
+        assert runs[method]["n"] <= pixels["clear"] <= tested and pixels["lidar only"] < pixels["clear"]
+        assert pixels["clear"] > counts[method]["clear"]
+        oas = [v["oa"] for v in every["patterns"].values()]
+        assert min(oas) <= every["oa"] <= max(oas)
     assert "baseline [dense]" in (tmp_path / "eval" / "table.md").read_text()
+
+
+def test_a_row_with_one_pattern_gives_the_every_pattern_oa_of_its_test_mask(demo_catalog: Catalog, tmp_path: Path) -> None:
+    demo_catalog.training.max_steps = 2
+    demo_catalog.training.epochs = 1
+    # lvpcnet-table1's first row trains and tests complete: its test mask and its one pattern are the same availability
+    results = evaluate(demo_catalog, "lvpcnet-table1", ["baseline"], [0], tmp_path / "eval", max_test_pixels=300,
+                       progress=False, rows=[0], inference="both")
+    assert results["methods"] == ["baseline", "baseline [dense]", FOREST]
+    for run in results["runs"]:
+        assert list(run["every_pattern"]["patterns"]) == ["clear"], run["method"]
+        assert run["every_pattern"]["patterns"]["clear"]["n"] == run["n"]
+        assert run["every_pattern"]["oa"] == run["oa"], run["method"]
+    assert "OA with every test pixel under every pattern of the row" in (tmp_path / "eval" / "table.md").read_text()
 
 
 def test_variant_paths_follow_the_methods_dense_support() -> None:
@@ -180,13 +207,15 @@ def test_the_command_line_tests_every_test_pixel_unless_told_to_cap(
 
 
 def test_the_spread_and_the_gaps_are_paired_on_the_seeds_both_methods_ran(tmp_path: Path) -> None:
-    def run(method: str, seed: int, oa: float) -> dict:
-        return {"setting": "row", "method": method, "seed": seed, "oa": oa, "aa": oa, "kappa": oa, "confusion": [[1]]}
+    def run(method: str, seed: int, oa: float, swept: float | None = None) -> dict:
+        every = {} if swept is None else {"every_pattern": {"oa": swept, "patterns": {"clear": {"oa": swept, "n": 9, "weight": 1.0}}}}
+        return {"setting": "row", "method": method, "seed": seed, "oa": oa, "aa": oa, "kappa": oa, "confusion": [[1]], **every}
 
     # mamol ran seeds 0 and 1 only; on seed 2 the baseline fell: a paired gap must not count it
-    runs = [run("baseline", 0, 0.80), run("baseline", 1, 0.84), run("baseline", 2, 0.70),
+    # (the every-pattern OA: three seeds of the baseline, one of the forest, none of mamol: results written before it)
+    runs = [run("baseline", 0, 0.80, 0.81), run("baseline", 1, 0.84, 0.83), run("baseline", 2, 0.70, 0.79),
             run("mamol", 0, 0.83), run("mamol", 1, 0.85),
-            run(FOREST, 0, 0.60), run(FOREST, 1, 0.62), run(FOREST, 2, 0.61)]
+            run(FOREST, 0, 0.60, 0.6), run(FOREST, 1, 0.62), run(FOREST, 2, 0.61)]
     methods = ["baseline", "mamol", FOREST]
     results = {"protocol": "mamol-table1", "scene": "s", "seeds": [0, 1, 2], "settings": ["row"], "methods": methods,
                "classes": ["a"], "runs": runs, "table": aggregate(runs, ["row"], methods)}
@@ -196,8 +225,13 @@ def test_the_spread_and_the_gaps_are_paired_on_the_seeds_both_methods_ran(tmp_pa
     assert paired_gap(runs, "row", "mamol", "nobody") == (None, 0)
     write_tables(results, tmp_path)
     table = (tmp_path / "table.md").read_text()
-    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| row | ")}
-    assert rows["mamol"] == "| row | mamol | 2 | 2.00 | +2.00 | +23.00 |"
-    assert rows[FOREST] == "| row | random forest (floor) | 3 | 2.00 | -17.00 |  |"
-    assert rows["baseline"] == "| row | baseline | 3 | 14.00 |  | +17.00 |"
-    assert "oa_spread" in (tmp_path / "table.csv").read_text().splitlines()[0]
+    spread_section = table.split("## Seed spread and paired gaps")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[1]: line for line in spread_section.splitlines() if line.startswith("| row | ")}
+    assert rows["mamol"] == "| row | mamol | 2 | 2.00 | n/a | +2.00 | +23.00 |"
+    assert rows[FOREST] == "| row | random forest (floor) | 3 | 2.00 | – | -17.00 |  |"
+    assert rows["baseline"] == "| row | baseline | 3 | 14.00 | 4.00 |  | +17.00 |"
+    baseline = next(e for e in results["table"] if e["method"] == "baseline")["every_pattern"]
+    assert baseline["oa_mean"] == pytest.approx(0.81) and baseline["patterns"]["clear"]["pixels_mean"] == 9
+    assert "| row | baseline | 81.00 ± 2.00 | 81.00 ± 2.00 [9; w 1.00] |" in table
+    header = (tmp_path / "table.csv").read_text().splitlines()[0]
+    assert "oa_spread" in header and header.endswith("every_pattern_oa_spread")

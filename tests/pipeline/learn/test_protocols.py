@@ -17,6 +17,7 @@ from pipeline.learn.protocols import (
     load_protocol_table,
     mamol_table3_rows,
     mmp_mask,
+    pattern_fractions,
     protocol_availability,
     save_protocol_table,
     simulate_eta,
@@ -202,3 +203,16 @@ def test_protocol_availability_dispatches_on_the_catalog_kind() -> None:
         protocol_availability(Protocol(kind="rates"), 100, names, seed=0)
     with pytest.raises(CatalogError, match=r"training\.protocol\.rates.*not among"):
         protocol_availability(Protocol(kind="rates", rates={"sar": 0.5}), 100, names, seed=0)
+
+
+def test_pattern_fractions_are_the_rows_and_follow_the_code_order() -> None:
+    names = ["hs", "lidar"]
+    balanced = pattern_fractions(Protocol(kind="rates", rates={"hs": 0.75, "lidar": 0.75}), names)
+    assert balanced == {(True, False): 0.25, (False, True): 0.25, (True, True): 0.5}
+    assert list(balanced) == [(True, False), (False, True), (True, True)]  # pattern codes 1, 2, 3
+    assert pattern_fractions(Protocol(kind="rates", rates={"hs": 1.0, "lidar": 0.3}), names) == {(True, False): 0.7, (True, True): 0.3}
+    assert pattern_fractions(Protocol(kind="none"), names) == {(True, True): 1.0}
+    three = pattern_fractions(Protocol(kind="eta", eta=0.7), ["hs", "lidar", "sar"])
+    assert len(three) == 7 and three[(True, True, True)] == pytest.approx(0.3)
+    assert sum(three.values()) == pytest.approx(1.0)
+    assert all(v == pytest.approx(0.7 / 6, abs=1e-4) for k, v in three.items() if not all(k))
