@@ -199,6 +199,7 @@ def evaluate(
     rows: list[int] | None = None,
     inference: str | None = None,
     data_seed: int | None = None,
+    pattern_sweep: bool = True,
 ) -> dict[str, Any]:
     """Run a protocol (or only its ``rows``, 0-based) and write its tables under ``output``; returns the results.
 
@@ -206,7 +207,9 @@ def evaluate(
     ``dense``, ``patch`` or ``both``; see :func:`variant_paths`. ``data_seed``
     holds the split, the test pixels and the test mask at that seed, so the
     ``seeds`` vary only the training (initialisation, batches, training masks):
-    the spread over seeds is then the training's alone.
+    the spread over seeds is then the training's alone. ``pattern_sweep`` also tests every
+    test pixel under every pattern of the row (:mod:`pipeline.learn.pattern_sweep`; a run's
+    ``every_pattern``).
     """
     scene = catalog.scene(scene_name)
     assert scene.labels is not None
@@ -259,10 +262,10 @@ def evaluate(
             forest = fit_forest(data.train_patches, train_avail, split.train_targets, data.modalities, seed)
             predicted = forest_predict(forest, test_in, test_avail[testable], data.modalities)
             seconds = time.perf_counter() - t0
-            swept = sweep_patterns(test_targets, test_real, fractions, _forest_predictor(forest, test_p, data.modalities),
-                                   data.modalities, names)
-            runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=seconds,
-                                    every_pattern=swept, **context))
+            sweep = {"every_pattern": sweep_patterns(test_targets, test_real, fractions,
+                                                     _forest_predictor(forest, test_p, data.modalities), data.modalities,
+                                                     names)} if pattern_sweep else {}
+            runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=seconds, **sweep, **context))
             for (variant, path), label in zip(runs_of, (v.label for v in variants)):
                 config = data.config
                 config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
@@ -286,9 +289,10 @@ def evaluate(
                     probs = predict(model, test_in, test_avail[testable], precision=catalog.model.precision)
                     seconds = time.perf_counter() - t0
                     predictor = _patch_predictor(model, test_p, catalog.model.precision)
-                swept = sweep_patterns(test_targets, test_real, fractions, predictor, data.modalities, names)
+                sweep = {"every_pattern": sweep_patterns(test_targets, test_real, fractions, predictor, data.modalities,
+                                                         names)} if pattern_sweep else {}
                 runs.append(run_summary(truth, probs.argmax(1), names, groups, method=label, epochs=len(history),
-                                        seconds=seconds, every_pattern=swept, **context))
+                                        seconds=seconds, **sweep, **context))
     variants = [*variants, MethodVariant(label=FOREST, method="forest")]
     results = {
         "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
@@ -567,10 +571,10 @@ def every_pattern_table(results: dict[str, Any]) -> list[str]:
         return []
     groups = list(dict.fromkeys(g for e in entries for g in e["every_pattern"]["patterns"]))
     lines = ["## OA with every test pixel under every pattern of the row (%, mean ± sample std over seeds)", "",
-             "Each pattern's OA is over the same test pixels (those it leaves a modality: the count in brackets), the pattern "
-             "ANDed with the pixel's real availability; the row's OA weighs the patterns by the row's fractions (w) and "
-             "their pixels, the mean over the test mask's draws.", "",
-             "| Setting | Method | row OA | " + " | ".join(groups) + " |", "|---|---|---|" + "---|" * len(groups)]
+             "Each of the row's patterns is tested on every test pixel it leaves a modality (the count in brackets), ANDed "
+             "with what the pixel really has (under the row's clear, a pixel beneath a cloud keeps what the cloud leaves); the row's OA "
+             "weighs the patterns by the row's fractions (w) and their pixels: the mean over the test mask's draws.", "",
+             "| Setting | Method | row OA | " + " | ".join(f"row's {g}" for g in groups) + " |", "|---|---|---|" + "---|" * len(groups)]
     for e in entries:
         swept = e["every_pattern"]
         cells = [_mean_std(swept["oa_mean"], swept["oa_std"], swept["seeds"])]

@@ -198,10 +198,11 @@ def test_the_command_line_tests_every_test_pixel_unless_told_to_cap(
     catalog = load_catalog(catalog_file)
     split = prepare_training_data(catalog, catalog.scene(None), 0).split
     args = [str(catalog_file), "--methods", "baseline", "--rows", "1", "--inference", "patch", "--quiet"]
-    for extra, expected in (([], len(split.test_targets)), (["--max-test-pixels", "300"], 300)):
+    for extra, expected in (([], len(split.test_targets)), (["--max-test-pixels", "300", "--no-pattern-sweep"], 300)):
         assert evaluate_main([*args, *extra, "--output", str(tmp_path / f"eval{len(extra)}")]) == 0
         run = read_results(tmp_path / f"eval{len(extra)}")["runs"][0]
         assert run["n"] + run["test_pixels_without_any_modality"] == pytest.approx(expected, abs=5)  # the cap rounds per class
+        assert ("every_pattern" in run) == (not extra)  # the sweep runs unless told not to
     assert expected < len(split.test_targets)
     capsys.readouterr()
 
@@ -232,6 +233,6 @@ def test_the_spread_and_the_gaps_are_paired_on_the_seeds_both_methods_ran(tmp_pa
     assert rows["baseline"] == "| row | baseline | 3 | 14.00 | 4.00 |  | +17.00 |"
     baseline = next(e for e in results["table"] if e["method"] == "baseline")["every_pattern"]
     assert baseline["oa_mean"] == pytest.approx(0.81) and baseline["patterns"]["clear"]["pixels_mean"] == 9
-    assert "| row | baseline | 81.00 ± 2.00 | 81.00 ± 2.00 [9; w 1.00] |" in table
+    assert "| row | baseline | 81.00 ± 2.00 | 81.00 ± 2.00 [9; w 1.00] |" in table and "row's clear" in table
     header = (tmp_path / "table.csv").read_text().splitlines()[0]
     assert "oa_spread" in header and header.endswith("every_pattern_oa_spread")
