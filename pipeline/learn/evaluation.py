@@ -573,7 +573,9 @@ def every_pattern_table(results: dict[str, Any]) -> list[str]:
     lines = ["## OA with every test pixel under every pattern of the row (%, mean ± sample std over seeds)", "",
              "Each of the row's patterns is tested on every test pixel it leaves a modality (the count in brackets), ANDed "
              "with what the pixel really has (under the row's clear, a pixel beneath a cloud keeps what the cloud leaves); the row's OA "
-             "weighs the patterns by the row's fractions (w) and their pixels: the mean over the test mask's draws.", "",
+             "weighs the patterns by the row's fractions (w) and their pixels. On the patch path that is the mean of the test "
+             "mask's OA over its draws; on the dense path each pattern covers the whole scene, so it is the row's OA under "
+             "large regions of each pattern (the mask's small regions let neighbours lend a missing modality).", "",
              "| Setting | Method | row OA | " + " | ".join(f"row's {g}" for g in groups) + " |", "|---|---|---|" + "---|" * len(groups)]
     for e in entries:
         swept = e["every_pattern"]

@@ -10,13 +10,16 @@ availability as the mask is, takes that draw out:
 
 * per-pattern accuracy on the same pixels, comparable from pattern to pattern
   and from seed to seed (the mask's per-pattern groups are different pixels);
-* the OA the row's mask gives on average over its draws,
-  ``sum_p w_p n_p OA_p / sum_p w_p n_p`` (``w_p`` the row's fraction of pattern
-  ``p``, :func:`pipeline.learn.protocols.pattern_fractions`; ``n_p`` the test
-  pixels left with a modality under it).
+* the row's OA from them, ``sum_p w_p n_p OA_p / sum_p w_p n_p`` (``w_p`` the
+  row's fraction of pattern ``p``, :func:`pipeline.learn.protocols.pattern_fractions`;
+  ``n_p`` the test pixels left with a modality under it).
 
-On the dense path the whole scene takes the pattern, so a pixel is classified
-as one inside a large region of that pattern.
+On the patch path a patch takes its centre pixel's pattern, so that OA is
+exactly the mean of the mask's OA over its draws. On the dense path the whole
+scene takes the pattern: a pixel is classified as one deep inside a large
+region of it, with no neighbour across a region's border lending the missing
+modality (the mask's regions are about 128 px), so the dense path's OA here is
+the row's under large clouds and gaps, not the mean over the mask's draws.
 """
 
 from __future__ import annotations
