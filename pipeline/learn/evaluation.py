@@ -6,6 +6,8 @@ simulated availability, selected on validation pixels from the training pool,
 and tested on held-out pixels with the setting's test availability. Results:
 OA, AA, Cohen's kappa, per-class accuracy and confusion matrices, mean and
 standard deviation over seeds, as Markdown, CSV and JSON, plus confusion PNGs.
+Each run is also tested with every test pixel under every pattern of its row
+(:mod:`pipeline.learn.pattern_sweep`), beside the row's one test mask.
 """
 
 from __future__ import annotations
