@@ -478,7 +478,7 @@ def spread_and_gap_table(results: dict[str, Any]) -> list[str]:
     against = [m for m in (REFERENCE, FOREST) if m in methods]
     lines = ["## Seed spread and paired gaps (OA points)", "",
              "Spread: max − min of OA over the seeds, under the row's test mask and with every test pixel under every "
-             "pattern of the row (the test mask's draw taken out). Gaps: mean OA difference over the seeds both ran "
+             "pattern of the row (no test mask: the table below). Gaps: mean OA difference over the seeds both ran "
              "(one seed gives both the same split, test pixels and masks).", "",
              "| Setting | Method | seeds | OA spread | OA spread, every pattern | " + " | ".join(f"− {m}" for m in against) + " |",
              "|---|---|---|---|---|" + "---|" * len(against)]
