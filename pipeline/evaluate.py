@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline.cli import configure_logging, guarded, open_catalog
 from pipeline.config.errors import InputError
+from pipeline.learn.mask_draws import DEFAULT_MASK_DRAWS
 from pipeline.storage import is_remote
 
 
@@ -47,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pattern-sweep", action="store_true",
                         help="skip testing every test pixel under every pattern of the row (the row's expected OA and "
                              "per-pattern OA on one set of pixels; on the patch path it adds about half a run's time)")
+    parser.add_argument("--mask-draws", type=int, default=DEFAULT_MASK_DRAWS,
+                        help=f"test masks a dense run is also scored under, the OA averaged over them (default "
+                             f"{DEFAULT_MASK_DRAWS}: the row's own and {DEFAULT_MASK_DRAWS - 1} more, a dense pass each; 0 skips; the patch "
+                             "path and the floor take the exact mean from the pattern sweep)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if (args.catalog is None) == (args.merge is None):
         parser.error("give a catalog to evaluate, or --merge RESULTS... --output DIR")
+    if args.mask_draws < 0:
+        parser.error(f"--mask-draws: expected 0 or more test masks, found {args.mask_draws}")
     if args.merge and args.output is None:
         parser.error("--merge needs --output DIR")
     configure_logging()
@@ -80,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or Path(catalog.output.folder) / scene.name / "evaluation" / args.protocol
         rows = [int(r) for r in args.rows.split(",")] if args.rows else None
         results = evaluate(catalog, args.protocol, methods, seeds, output, scene.name, args.max_test_pixels or None,
-                           not args.quiet, rows, args.inference, args.data_seed, pattern_sweep=not args.no_pattern_sweep)
+                           not args.quiet, rows, args.inference, args.data_seed, pattern_sweep=not args.no_pattern_sweep,
+                           mask_draws=args.mask_draws)
         print((output / "table.md").read_text())
         print(f"tables in {output} ({results['seconds']:.0f} s)")
         return 0

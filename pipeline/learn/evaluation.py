@@ -7,7 +7,8 @@ and tested on held-out pixels with the setting's test availability. Results:
 OA, AA, Cohen's kappa, per-class accuracy and confusion matrices, mean and
 standard deviation over seeds, as Markdown, CSV and JSON, plus confusion PNGs.
 Each run is also tested with every test pixel under every pattern of its row
-(:mod:`pipeline.learn.pattern_sweep`), beside the row's one test mask.
+(:mod:`pipeline.learn.pattern_sweep`), beside the row's one test mask, and its
+OA averaged over the row's test masks (:mod:`pipeline.learn.mask_draws`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from pipeline.files import (
 from pipeline.learn.breakdown import footprint_masks, grouped_summaries, pattern_groups
 from pipeline.learn.dense_training import SceneArrays, fit_dense, predict_dense_at, scene_mask, trains_dense
 from pipeline.learn.forest import fit_forest, forest_predict
+from pipeline.learn.mask_draws import DEFAULT_MASK_DRAWS, MaskedPredictor, exact_mean, mask_seed, mean_over_masks
 from pipeline.learn.metrics import classification_summary
 from pipeline.learn.pattern_sweep import PatternPredictor, sweep_patterns
 from pipeline.learn.protocols import (
@@ -202,6 +205,7 @@ def evaluate(
     inference: str | None = None,
     data_seed: int | None = None,
     pattern_sweep: bool = True,
+    mask_draws: int = DEFAULT_MASK_DRAWS,
 ) -> dict[str, Any]:
     """Run a protocol (or only its ``rows``, 0-based) and write its tables under ``output``; returns the results.
 
@@ -211,7 +215,9 @@ def evaluate(
     ``seeds`` vary only the training (initialisation, batches, training masks):
     the spread over seeds is then the training's alone. ``pattern_sweep`` also tests every
     test pixel under every pattern of the row (:mod:`pipeline.learn.pattern_sweep`; a run's
-    ``every_pattern``).
+    ``every_pattern``). ``mask_draws`` test masks score a dense run (its ``mask_mean``: the
+    row's OA with the mask's draw averaged out; the patch path and the floor take the exact
+    mean from the sweep, :mod:`pipeline.learn.mask_draws`).
     """
     scene = catalog.scene(scene_name)
     assert scene.labels is not None
@@ -249,7 +255,8 @@ def evaluate(
         for s_i, setting in enumerate(settings):
             train_avail = simulated_availability(setting.train, data.train_real, data.modalities, seed)
             val_avail = simulated_availability(setting.train, data.val_real, data.modalities, seed + 1)
-            mask = scene_mask(setting.test, (data.ds.sizes["y"], data.ds.sizes["x"]), data.modalities, drawn + 2)
+            draw_mask = _row_masks(setting.test, (data.ds.sizes["y"], data.ds.sizes["x"]), data.modalities, drawn)
+            mask = draw_mask(0)
             fractions = pattern_fractions(setting.test, data.modalities)
             test_avail = mask[:, test_rows, test_cols].T & test_real
             testable = test_avail.any(axis=1)
@@ -267,7 +274,8 @@ def evaluate(
             sweep = {"every_pattern": sweep_patterns(test_targets, test_real, fractions,
                                                      _forest_predictor(forest, test_p, data.modalities), data.modalities,
                                                      names)} if pattern_sweep else {}
-            runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=seconds, **sweep, **context))
+            runs.append(run_summary(truth, predicted, names, groups, method=FOREST, epochs=0, seconds=seconds,
+                                    **sweep, **_mask_mean(sweep), **context))
             for (variant, path), label in zip(runs_of, (v.label for v in variants)):
                 config = data.config
                 config = type(config).from_dict({**config.to_dict(), "method": variant.method, "params": {**config.params, **variant.params}})
@@ -284,6 +292,10 @@ def evaluate(
                                              precision=catalog.model.precision)
                     seconds = time.perf_counter() - t0
                     predictor = _dense_predictor(model, scene_arrays, test_rows, test_cols, catalog.model.precision)
+                    over_masks: dict[str, Any] | None = {"mask_mean": mean_over_masks(
+                        test_targets, test_rows, test_cols, test_real, draw_mask,
+                        _masked_dense_predictor(model, scene_arrays, test_rows, test_cols, catalog.model.precision),
+                        mask_draws, first_oa=float((probs.argmax(1) == truth).mean()))} if mask_draws else {}
                 else:
                     history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
                                   split.val_targets, catalog.training, seed, progress,
@@ -291,10 +303,11 @@ def evaluate(
                     probs = predict(model, test_in, test_avail[testable], precision=catalog.model.precision)
                     seconds = time.perf_counter() - t0
                     predictor = _patch_predictor(model, test_p, catalog.model.precision)
+                    over_masks = None  # exact, from the sweep
                 sweep = {"every_pattern": sweep_patterns(test_targets, test_real, fractions, predictor, data.modalities,
                                                          names)} if pattern_sweep else {}
                 runs.append(run_summary(truth, probs.argmax(1), names, groups, method=label, epochs=len(history),
-                                        seconds=seconds, **sweep, **context))
+                                        seconds=seconds, **sweep, **(_mask_mean(sweep) if over_masks is None else over_masks), **context))
     variants = [*variants, MethodVariant(label=FOREST, method="forest")]
     results = {
         "catalog": str(catalog.path), "scene": scene.name, "protocol": protocol, "methods": [v.label for v in variants],
@@ -328,19 +341,37 @@ def _dense_predictor(model: MissingModalityClassifier, scene: SceneArrays, rows:
     return classify
 
 
+def _row_masks(test: Protocol, shape: tuple[int, int], modalities: list[str], data_seed: int) -> Callable[[int], np.ndarray]:
+    """The row's k-th test mask over the scene (draw 0 is the one its tables and breakdowns use)."""
+    return lambda k: scene_mask(test, shape, modalities, mask_seed(data_seed, k))
+
+
+def _masked_dense_predictor(model: MissingModalityClassifier, scene: SceneArrays, rows: np.ndarray, cols: np.ndarray,
+                            precision: str) -> MaskedPredictor:
+    return lambda mask, keep: predict_dense_at(model, scene.masked(mask), rows[keep], cols[keep], precision=precision).argmax(1)
+
+
+def _mask_mean(sweep: dict[str, Any]) -> dict[str, Any]:
+    exact = exact_mean(sweep.get("every_pattern"))
+    return {} if exact is None else {"mask_mean": exact}
+
+
 def run_summary(
     truth: np.ndarray, predicted: np.ndarray, names: list[str], groups: dict[str, dict[str, np.ndarray]], **fields: Any
 ) -> dict[str, Any]:
     """One run's metrics: overall, and per group of every kind (``patterns``, ``footprints``), with ``fields``.
 
-    ``fields`` may hold ``every_pattern``, the sweep of :func:`pipeline.learn.pattern_sweep.sweep_patterns`.
+    ``fields`` may hold ``every_pattern``, the sweep of :func:`pipeline.learn.pattern_sweep.sweep_patterns`, and
+    ``mask_mean``, the OA over the row's test masks (:mod:`pipeline.learn.mask_draws`).
     """
     summary = classification_summary(truth, predicted, len(names), names)
     summary.update(fields)
     summary.update({kind: grouped_summaries(truth, predicted, members, names) for kind, members in groups.items()})
     swept = (fields.get("every_pattern") or {}).get("oa")
-    log.info("%s | %s | seed %d: OA %.4f AA %.4f kappa %.4f%s", fields.get("setting"), fields.get("method"), fields.get("seed"),
-             summary["oa"], summary["aa"], summary["kappa"], "" if swept is None else f" | every pattern: OA {swept:.4f}")
+    drawn = (fields.get("mask_mean") or {}).get("draws")
+    log.info("%s | %s | seed %d: OA %.4f AA %.4f kappa %.4f%s%s", fields.get("setting"), fields.get("method"), fields.get("seed"),
+             summary["oa"], summary["aa"], summary["kappa"], "" if swept is None else f" | every pattern: OA {swept:.4f}",
+             "" if not drawn else f" | over {drawn} test masks: OA {fields['mask_mean']['oa']:.4f}")
     return summary
 
 
@@ -380,17 +411,22 @@ def aggregate(runs: list[dict[str, Any]], settings: list[str], methods: list[str
                                       "oa_std": seed_std(oas), "seeds": int(oas.size),
                                       "pixels_mean": float(np.mean(pixels))}
             entry["every_pattern"] = every_pattern_entry(rows)
+            entry["mask_mean"] = over_seeds([r["mask_mean"]["oa"] for r in rows if (r.get("mask_mean") or {}).get("oa") is not None])
             table.append(entry)
     return table
+
+
+def over_seeds(values: list[float]) -> dict[str, Any]:
+    """``seeds``, ``oa_mean``, ``oa_std`` and ``oa_spread`` (max − min) of one OA a seed (None where there is none)."""
+    oas = np.array(values, dtype=float)
+    return {"seeds": int(oas.size), "oa_mean": float(oas.mean()) if oas.size else None, "oa_std": seed_std(oas),
+            "oa_spread": float(oas.max() - oas.min()) if oas.size else None}
 
 
 def every_pattern_entry(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, std and spread over seeds of the runs' every-pattern OA, and each pattern's OA (runs without it left out)."""
     swept = [r["every_pattern"] for r in rows if (r.get("every_pattern") or {}).get("oa") is not None]
-    oas = np.array([s["oa"] for s in swept], dtype=float)
-    entry: dict[str, Any] = {"seeds": int(oas.size), "oa_mean": float(oas.mean()) if oas.size else None,
-                             "oa_std": seed_std(oas), "oa_spread": float(oas.max() - oas.min()) if oas.size else None,
-                             "patterns": {}}
+    entry: dict[str, Any] = {**over_seeds([s["oa"] for s in swept]), "patterns": {}}
     for label in dict.fromkeys(g for s in swept for g in s["patterns"]):
         cells = [s["patterns"][label] for s in swept if label in s["patterns"]]
         values = np.array([c["oa"] for c in cells], dtype=float)
@@ -477,14 +513,19 @@ def spread_and_gap_table(results: dict[str, Any]) -> list[str]:
     methods = results["methods"]
     against = [m for m in (REFERENCE, FOREST) if m in methods]
     lines = ["## Seed spread and paired gaps (OA points)", "",
-             "Spread: max − min of OA over the seeds, under the row's test mask and with every test pixel under every "
-             "pattern of the row (no test mask: the table below). Gaps: mean OA difference over the seeds both ran "
-             "(one seed gives both the same split, test pixels and masks).", "",
-             "| Setting | Method | seeds | OA spread | OA spread, every pattern | " + " | ".join(f"− {m}" for m in against) + " |",
-             "|---|---|---|---|---|" + "---|" * len(against)]
+             "Spread: max − min of OA over the seeds, under the row's test mask, with the OA averaged over the row's test "
+             "masks (the mask's own draw left out: exact on the patch path and for the floor, over draws on the dense "
+             "path) and with every test pixel under every pattern of the row (the table below). Gaps: mean OA "
+             "difference over the seeds both ran (one seed gives both the same split, test pixels and masks).", "",
+             "| Setting | Method | seeds | OA spread | OA over test masks | its spread | OA spread, every pattern | "
+             + " | ".join(f"− {m}" for m in against) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(against)]
     for e in results["table"]:
         swept = e.get("every_pattern") or {}
+        masks = e.get("mask_mean") or {}
         cells = [e["setting"], e["method"], str(e["seeds"]), _spread_cell(e.get("oa_spread"), e["seeds"]),
+                 "n/a" if masks.get("oa_mean") is None else _mean_std(masks["oa_mean"], masks["oa_std"], masks["seeds"]),
+                 _spread_cell(masks.get("oa_spread"), masks.get("seeds", 0)),
                  _spread_cell(swept.get("oa_spread"), swept.get("seeds", 0))]
         for other in against:
             gap, n = paired_gap(results["runs"], e["setting"], e["method"], other) if other != e["method"] else (None, 0)
@@ -532,12 +573,13 @@ def write_tables(results: dict[str, Any], output: Path) -> dict[str, Path]:
     with atomic_file(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["setting", "method", "seeds", "oa_mean", "oa_std", "oa_spread", "aa_mean", "aa_std", "kappa_mean", "kappa_std",
-                         "every_pattern_oa_mean", "every_pattern_oa_std", "every_pattern_oa_spread"])
+                         "every_pattern_oa_mean", "every_pattern_oa_std", "every_pattern_oa_spread",
+                         "mask_mean_oa_mean", "mask_mean_oa_std", "mask_mean_oa_spread"])
         for e in table:
-            swept = e.get("every_pattern") or {}
+            swept, masks = e.get("every_pattern") or {}, e.get("mask_mean") or {}
             writer.writerow([e["setting"], e["method"], e["seeds"], e["oa_mean"], e["oa_std"], e.get("oa_spread"), e["aa_mean"],
                              e["aa_std"], e["kappa_mean"], e["kappa_std"], swept.get("oa_mean"), swept.get("oa_std"),
-                             swept.get("oa_spread")])
+                             swept.get("oa_spread"), masks.get("oa_mean"), masks.get("oa_std"), masks.get("oa_spread")])
     write_text(paths["json"], json.dumps(results, indent=1, default=float))
     paths.update(write_confusion_pngs(results, output))
     return paths

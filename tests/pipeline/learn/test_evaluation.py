@@ -53,7 +53,7 @@ def test_both_paths_are_tested_side_by_side_on_the_same_pixels_and_masks(demo_ca
     demo_catalog.training.max_steps = 3
     demo_catalog.training.epochs = 1
     results = evaluate(demo_catalog, "mamol-table1", ["baseline", "mmp"], [0], tmp_path / "eval", max_test_pixels=300,
-                       progress=False, rows=[1], inference="both")
+                       progress=False, rows=[1], inference="both", mask_draws=3)
     # mmp has no dense path: it runs once, on patches
     assert results["methods"] == ["baseline", "baseline [dense]", "mmp", FOREST]
     runs = {r["method"]: r for r in results["runs"]}
@@ -75,7 +75,15 @@ def test_both_paths_are_tested_side_by_side_on_the_same_pixels_and_masks(demo_ca
         assert pixels["clear"] > counts[method]["clear"]
         oas = [v["oa"] for v in every["patterns"].values()]
         assert min(oas) <= every["oa"] <= max(oas)
-    assert "baseline [dense]" in (tmp_path / "eval" / "table.md").read_text()
+    # the OA over the row's test masks: drawn on the dense path (the row's own mask first, then two more, each its own
+    # pixels), exactly the sweep's on patches and for the floor
+    dense = runs["baseline [dense]"]["mask_mean"]
+    assert dense["draws"] == 3 and dense["oas"][0] == runs["baseline [dense]"]["oa"]
+    assert dense["oa"] == pytest.approx(np.mean(dense["oas"])) and len(set(dense["oas"])) > 1
+    for method in ("baseline", "mmp", FOREST):
+        assert runs[method]["mask_mean"] == {"oa": swept[method]["oa"], "oas": None, "draws": None}, method
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "baseline [dense]" in table and "OA over test masks" in table
 
 
 def test_a_row_with_one_pattern_gives_the_every_pattern_oa_of_its_test_mask(demo_catalog: Catalog, tmp_path: Path) -> None:
@@ -89,6 +97,7 @@ def test_a_row_with_one_pattern_gives_the_every_pattern_oa_of_its_test_mask(demo
         assert list(run["every_pattern"]["patterns"]) == ["clear"], run["method"]
         assert run["every_pattern"]["patterns"]["clear"]["n"] == run["n"]
         assert run["every_pattern"]["oa"] == run["oa"], run["method"]
+        assert run["mask_mean"]["oa"] == pytest.approx(run["oa"]), run["method"]  # every draw of a one-pattern mask is the same
     assert "OA with every test pixel under every pattern of the row" in (tmp_path / "eval" / "table.md").read_text()
 
 
@@ -209,7 +218,8 @@ def test_the_command_line_tests_every_test_pixel_unless_told_to_cap(
 
 def test_the_spread_and_the_gaps_are_paired_on_the_seeds_both_methods_ran(tmp_path: Path) -> None:
     def run(method: str, seed: int, oa: float, swept: float | None = None) -> dict:
-        every = {} if swept is None else {"every_pattern": {"oa": swept, "patterns": {"clear": {"oa": swept, "n": 9, "weight": 1.0}}}}
+        every = {} if swept is None else {"every_pattern": {"oa": swept, "patterns": {"clear": {"oa": swept, "n": 9, "weight": 1.0}}},
+                                          "mask_mean": {"oa": swept - 0.01, "oas": None, "draws": None}}
         return {"setting": "row", "method": method, "seed": seed, "oa": oa, "aa": oa, "kappa": oa, "confusion": [[1]], **every}
 
     # mamol ran seeds 0 and 1 only; on seed 2 the baseline fell: a paired gap must not count it
@@ -228,11 +238,11 @@ def test_the_spread_and_the_gaps_are_paired_on_the_seeds_both_methods_ran(tmp_pa
     table = (tmp_path / "table.md").read_text()
     spread_section = table.split("## Seed spread and paired gaps")[1].split("\n## ")[0]
     rows = {line.split(" | ")[1]: line for line in spread_section.splitlines() if line.startswith("| row | ")}
-    assert rows["mamol"] == "| row | mamol | 2 | 2.00 | n/a | +2.00 | +23.00 |"
-    assert rows[FOREST] == "| row | random forest (floor) | 3 | 2.00 | – | -17.00 |  |"
-    assert rows["baseline"] == "| row | baseline | 3 | 14.00 | 4.00 |  | +17.00 |"
+    assert rows["mamol"] == "| row | mamol | 2 | 2.00 | n/a | n/a | n/a | +2.00 | +23.00 |"
+    assert rows[FOREST] == "| row | random forest (floor) | 3 | 2.00 | 59.00 | – | – | -17.00 |  |"
+    assert rows["baseline"] == "| row | baseline | 3 | 14.00 | 80.00 ± 2.00 | 4.00 | 4.00 |  | +17.00 |"
     baseline = next(e for e in results["table"] if e["method"] == "baseline")["every_pattern"]
     assert baseline["oa_mean"] == pytest.approx(0.81) and baseline["patterns"]["clear"]["pixels_mean"] == 9
     assert "| row | baseline | 81.00 ± 2.00 | 81.00 ± 2.00 [9; w 1.00] |" in table and "row's clear" in table
     header = (tmp_path / "table.csv").read_text().splitlines()[0]
-    assert "oa_spread" in header and header.endswith("every_pattern_oa_spread")
+    assert "oa_spread" in header and "every_pattern_oa_spread" in header and header.endswith("mask_mean_oa_spread")
