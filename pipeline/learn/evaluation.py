@@ -295,7 +295,8 @@ def evaluate(
                     over_masks: dict[str, Any] | None = {"mask_mean": mean_over_masks(
                         test_targets, test_rows, test_cols, test_real, draw_mask,
                         _masked_dense_predictor(model, scene_arrays, test_rows, test_cols, catalog.model.precision),
-                        mask_draws, first_oa=float((probs.argmax(1) == truth).mean()))} if mask_draws else {}
+                        mask_draws if len(fractions) > 1 else 1,  # one pattern: every draw is the same mask
+                        first_oa=float((probs.argmax(1) == truth).mean()))} if mask_draws else {}
                 else:
                     history = fit(model, data.train_patches, train_avail, split.train_targets, data.val_patches, val_avail,
                                   split.val_targets, catalog.training, seed, progress,
