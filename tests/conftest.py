@@ -35,7 +35,8 @@ def small_demo_dict(files: dict[str, Path], output: Path, **sections: Any) -> di
     """
     data = demo_catalog_dict(files["hs"].parent, output)
     data["output"]["tile_size"] = 32
-    data["training"].update({"samples_per_class": 40, "epochs": 2, "batch_size": 64, "max_steps": 8})
+    # validation pixels as a catalog asking for them has (tests of the validation pass and the split use them)
+    data["training"].update({"samples_per_class": 40, "epochs": 2, "batch_size": 64, "max_steps": 8, "validation_fraction": 0.2})
     data["cluster"] = {"workers": 1, "threads_per_worker": 1}
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)

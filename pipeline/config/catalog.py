@@ -314,6 +314,10 @@ class DenseCrops(_Section):
     val_every: int = Field(default=5, ge=1, description="epochs between validation passes (and the first and last)")
 
 
+SELECTION_VALIDATION_FRACTION = 0.2
+"""Validation share of the drawn pixels when ``training.selection: best`` picks the weights on them."""
+
+
 class Training(_Section):
     samples_per_class: int | dict[str, int] | None = Field(
         default=100, description="training pixels per class (one number, or per class name)"
@@ -322,7 +326,9 @@ class Training(_Section):
         default="spatial", description="how a class's training pixels are drawn: 'spatial' (spatially balanced: the "
         "class's pixels in Z-order cut into equal strata, one pixel drawn from each) or 'random' (uniformly; the only "
         "draw before 2026-12-07)")
-    validation_fraction: float = Field(default=0.2, ge=0, lt=1)
+    validation_fraction: float | None = Field(
+        default=None, ge=0, lt=1, description="share of each class's drawn pixels held out to validate (never tested); "
+        "none: 0.2 with selection 'best', which picks the weights on them, else 0: every drawn pixel trains")
     seed: int = 0
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
@@ -345,6 +351,17 @@ class Training(_Section):
     max_steps: int | None = None
     protocol: Protocol = Field(default_factory=Protocol)
     dense: DenseCrops = Field(default_factory=DenseCrops)
+
+    @property
+    def held_out_fraction(self) -> float:
+        """The share of each class's drawn pixels kept for validation: ``validation_fraction``, or its default.
+
+        Labels are what a user has least of: with ``selection: last`` or ``average`` nothing is
+        picked on validation pixels (they only print a validation OA), so by default they train.
+        """
+        if self.validation_fraction is not None:
+            return self.validation_fraction
+        return SELECTION_VALIDATION_FRACTION if self.selection == "best" else 0.0
 
 
 class Pretrain(_Section):

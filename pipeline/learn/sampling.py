@@ -3,8 +3,9 @@
 Training pixels are either the catalog's fixed training file (``labels.train``,
 as Trento's ``TrLabel.mat``) or N pixels per class drawn with a seed, uniformly
 or spatially balanced (``training.sampling``, :func:`spatially_balanced`). The
-validation pixels come out of the training pool only, so model selection never
-sees a test pixel. Test pixels are every other labelled pixel (or ``labels.test``).
+validation pixels (``training.held_out_fraction`` of them: by default only when
+``selection: best`` picks the weights on them) come out of the training pool
+only, so model selection never sees a test pixel. Test pixels are every other labelled pixel (or ``labels.test``).
 """
 
 from __future__ import annotations
@@ -133,9 +134,10 @@ def make_split(
         wanted = counts[k]
         n = min(wanted if wanted is not None and "train_labels" not in scene else rr.size, rr.size)
         chosen = spatially_balanced(rr, cc, n, rng) if training.sampling == "spatial" else rng.permutation(rr.size)[:n]
-        n_val = int(round(len(chosen) * training.validation_fraction))
+        fraction = training.held_out_fraction
+        n_val = int(round(len(chosen) * fraction))
         if len(chosen) >= 2:
-            n_val = min(max(n_val, 1 if training.validation_fraction > 0 else 0), len(chosen) - 1)
+            n_val = min(max(n_val, 1 if fraction > 0 else 0), len(chosen) - 1)
         else:
             n_val = 0
         val_r.append(rr[chosen[:n_val]])

@@ -2,8 +2,9 @@
 
 The trainer sees only the model interface (stages, trainable parameters,
 training availability, losses), so every registered method trains the same
-way. Model selection uses a validation split drawn from the training pool;
-test pixels are never looked at here.
+way. Validation pixels, where the catalog holds some out
+(``training.held_out_fraction``), come from the training pool; test pixels are
+never looked at here.
 """
 
 from __future__ import annotations

@@ -41,6 +41,19 @@ def test_split_counts_disjointness_and_seed(store: xr.Dataset, demo_catalog: Cat
     assert np.array_equal(loaded.test_cols, split.test_cols)
 
 
+def test_drawn_pixels_validate_only_when_the_weights_are_selected_on_them(store: xr.Dataset, demo_catalog: Catalog) -> None:
+    labels_cfg = demo_catalog.scenes[0].labels
+    classes = np.bincount(store["labels"].values.ravel(), minlength=7)[1:] > 0  # the classes the demo has pixels of
+    assert classes.sum() >= 4
+    for selection, held_out in (("last", 0), ("average", 0), ("best", 4)):  # 0.2 of 20 a class
+        split = make_split(store, labels_cfg, Training(samples_per_class=20, selection=selection), seed=1)
+        assert np.bincount(split.val_targets, minlength=6)[classes].tolist() == [held_out] * classes.sum(), selection
+        assert np.bincount(split.train_targets, minlength=6)[classes].tolist() == [20 - held_out] * classes.sum(), selection
+    # a fraction the catalog gives is kept, whatever the selection
+    split = make_split(store, labels_cfg, Training(samples_per_class=20, validation_fraction=0.1), seed=1)
+    assert np.bincount(split.val_targets, minlength=6)[classes].tolist() == [2] * classes.sum()
+
+
 def test_per_class_counts_by_name_and_unknown_names(store: xr.Dataset, demo_catalog: Catalog) -> None:
     labels_cfg = demo_catalog.scenes[0].labels
     split = make_split(store, labels_cfg, Training(samples_per_class={"Vineyard": 5, "Roads": 3}, validation_fraction=0), seed=0)
