@@ -83,14 +83,22 @@ class OptimizerDefaults:
     frozen_lr: float | None = None
     """The learning rate with the backbone frozen, on either path, where it was measured to want its own (None: the
     path's): a probe trains only the projection and head, a few weights that a rate tuned for the whole model undertrains."""
+    batch_size: int = 64
+    """Samples per step on the patch path (the dense path's crops per step are its own setting)."""
+    frozen_batch_size: int | None = None
+    """The patch path's samples per step with the backbone frozen, where it was measured to want its own (None:
+    ``batch_size``): a probe's few weights steady with more, smaller steps."""
 
     def for_training(self, *, dense: bool, frozen: bool) -> OptimizerDefaults:
-        """The defaults a trainer uses: ``frozen_lr`` with the backbone frozen, else ``dense_lr`` on the dense path, else ``lr``."""
+        """The defaults a trainer uses: the learning rate ``frozen_lr`` with the backbone frozen, else ``dense_lr`` on
+        the dense path, else ``lr``; the batch ``frozen_batch_size`` with the backbone frozen, else ``batch_size``."""
+        lr = self.lr
         if frozen and self.frozen_lr is not None:
-            return dataclasses.replace(self, lr=self.frozen_lr)
-        if dense and self.dense_lr is not None:
-            return dataclasses.replace(self, lr=self.dense_lr)
-        return self
+            lr = self.frozen_lr
+        elif dense and self.dense_lr is not None:
+            lr = self.dense_lr
+        batch_size = self.frozen_batch_size if frozen and self.frozen_batch_size is not None else self.batch_size
+        return dataclasses.replace(self, lr=lr, batch_size=batch_size)
 
 
 class MissingModalityClassifier(nn.Module):

@@ -331,7 +331,9 @@ class Training(_Section):
         "none: 0.2 with selection 'best', which picks the weights on them, else 0: every drawn pixel trains")
     seed: int = 0
     epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    batch_size: int | None = Field(
+        default=None, ge=1, description="pixels per step on the patch path; none: the method's default (64; the "
+        "baseline probing a frozen backbone 32)")
     lr: float | None = None
     weight_decay: float | None = None
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)

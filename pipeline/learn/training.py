@@ -233,7 +233,8 @@ def fit(
     dtype = autocast_dtype(device, precision)
     model.to(device)
     selection = training.selection
-    batch_size = training.batch_size
+    defaults = model.optimizer_defaults.for_training(dense=False, frozen=model.backbone_frozen)
+    batch_size = training.batch_size if training.batch_size is not None else defaults.batch_size
     generator = torch.Generator().manual_seed(seed)
     n = train_avail.shape[0]
     history: list[dict[str, Any]] = []
@@ -251,7 +252,7 @@ def fit(
             total = training.epochs * steps_per_epoch
             if training.max_steps is not None:
                 total = min(total, training.max_steps)
-            optimiser = StageOptimiser(params, total, training, model.optimizer_defaults.for_training(dense=False, frozen=model.backbone_frozen))
+            optimiser = StageOptimiser(params, total, training, defaults)
             best_oa, best_state, stale = -1.0, None, 0
             bar = tqdm(total=total, desc=f"train {model.config.method}/{stage}", disable=not progress, leave=False)
             for epoch in range(training.epochs):

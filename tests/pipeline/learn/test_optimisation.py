@@ -1,4 +1,4 @@
-"""A stage's optimiser: where its learning rate comes from (MaMOL's dense rate, the baseline's probe rate), the clip on every step, the schedule's end."""
+"""A stage's optimiser: where its learning rate and batch come from (MaMOL's dense rate, the baseline's probe rate and batch), the clip on every step, the schedule's end."""
 
 from __future__ import annotations
 
@@ -75,6 +75,15 @@ def test_a_frozen_backbone_takes_frozen_lr_on_either_path_where_a_method_sets_it
     assert OptimizerDefaults(lr=1e-3, dense_lr=5e-4).for_training(dense=True, frozen=True).lr == 5e-4
 
 
+def test_a_frozen_backbone_takes_frozen_batch_size_where_a_method_sets_it() -> None:
+    defaults = OptimizerDefaults(batch_size=64, frozen_batch_size=32, dense_lr=5e-4)
+    assert defaults.for_training(dense=False, frozen=True).batch_size == 32
+    assert defaults.for_training(dense=False, frozen=False).batch_size == 64
+    assert defaults.for_training(dense=True, frozen=True).lr == 5e-4  # no frozen_lr: the path's rate, the batch alone changes
+    assert defaults.for_training(dense=False, frozen=True).lr == defaults.lr
+    assert OptimizerDefaults(batch_size=64).for_training(dense=False, frozen=True).batch_size == 64
+
+
 def _peak_rates(train) -> set[float]:
     """The peak learning rate (``initial_lr``) of every optimiser step taken by ``train()``."""
     rates: set[float] = set()
@@ -128,3 +137,29 @@ def test_the_baseline_trains_whole_at_lr_and_probes_a_frozen_backbone_at_frozen_
     dense, patch = _peak_rates_on_both_paths(config, data, training)
     expected = catalog_lr or (defaults.frozen_lr if frozen else defaults.lr)
     assert dense == {expected} and patch == {expected}
+
+
+@pytest.mark.parametrize(("frozen", "catalog_batch"), [(False, None), (True, None), (True, 48)])
+def test_the_baseline_probes_a_frozen_backbone_in_batches_of_frozen_batch_size(demo_catalog: Catalog, frozen: bool,
+                                                                               catalog_batch: int | None) -> None:
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    config = dataclasses.replace(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds), method="baseline",
+                                 params={"freeze_backbone": frozen})
+    defaults = Baseline.optimizer_defaults
+    assert defaults.frozen_batch_size is not None and defaults.frozen_batch_size != defaults.batch_size
+    steps = 0
+
+    def count(optimizer, args, kwargs) -> None:
+        nonlocal steps
+        steps += 1
+
+    handle = register_optimizer_step_pre_hook(count)
+    try:
+        fit(build_model(config), data.train_patches, data.train_real, data.split.train_targets, data.val_patches,
+            data.val_real, data.split.val_targets, Training(epochs=1, batch_size=catalog_batch), 0, progress=False,
+            device="cpu")
+    finally:
+        handle.remove()
+    batch = catalog_batch or (defaults.frozen_batch_size if frozen else defaults.batch_size)
+    n = len(data.split.train_targets)
+    assert n > 64 and steps == -(-n // batch)  # one epoch: a step per batch, the catalog's batch where it sets one
