@@ -101,6 +101,12 @@ class OptimizerDefaults:
         return dataclasses.replace(self, lr=lr, batch_size=batch_size)
 
 
+def freezes_backbone(pretrained: bool, freeze_backbone: bool | None) -> bool:
+    """Whether a model keeps its backbone's weights as they are in training: ``params.freeze_backbone`` where it
+    is given, else whether the backbone starts from pretrained weights (the papers' regime)."""
+    return pretrained if freeze_backbone is None else bool(freeze_backbone)
+
+
 class MissingModalityClassifier(nn.Module):
     """Base class: subclasses implement ``forward`` and may override the training hooks."""
 
@@ -114,6 +120,9 @@ class MissingModalityClassifier(nn.Module):
     dense_by_default: bool = False
     """Whether catalog ``model.inference: auto`` trains (and so maps) this method on the dense path: set where
     the dense path was measured to hold the patch path's accuracy (docs/accuracy.md), with ``supports_dense``."""
+    frozen_dense_by_default: bool = False
+    """``dense_by_default`` for a frozen backbone only: where the dense path was measured to hold the patch path's
+    accuracy with the backbone frozen (a probe of a pretrained backbone), not trained whole."""
     masks_modalities_in_training = False
     """True when :meth:`training_availability` already draws protocol ``mmp``'s mask (MMP), so the trainer does not."""
 

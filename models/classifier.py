@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from models import dense
 from models.backbone import build_backbone
-from models.base import MissingModalityClassifier, ModelConfig
+from models.base import MissingModalityClassifier, ModelConfig, freezes_backbone
 from models.params import ParamRule
 from models.projection import LOCAL_KERNEL, MISSING_TOKENS, ModalityProjection
 from models.registry import available_methods, method_class
@@ -74,7 +74,7 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         self.head = nn.Linear(len(config.modalities) * width, config.num_classes)
         self.dense_readout = str(DENSE_READOUT.check("dense_readout", self.params["dense_readout"]))
         freeze = self.params["freeze_backbone"]
-        self.backbone_frozen = config.pretrained is not None if freeze is None else bool(freeze)
+        self.backbone_frozen = freezes_backbone(config.pretrained is not None, freeze)
         self.backbone.requires_grad_(not self.backbone_frozen)
 
     def forward(self, inputs: dict[str, Tensor], available: Tensor) -> Tensor:

@@ -88,7 +88,7 @@ from models.backbone import (
     build_backbone,
     pretrained_weights_skipped,
 )
-from models.base import MissingModalityClassifier, ModelConfig
+from models.base import MissingModalityClassifier, ModelConfig, freezes_backbone
 from models.classifier import resolve_params
 from models.pretraining import is_pretrained_backbone
 from models.projection import ModalityProjection, zero_where_missing
@@ -205,7 +205,7 @@ class LVPCNet(MissingModalityClassifier):
         self.prompts = nn.ParameterDict({name: nn.Parameter(width**-0.5 * torch.randn(depth, length, width)) for name in names})
         self.current_stage = STAGES[0]
         freeze = p["freeze_backbone"]
-        self.backbone_frozen = config.pretrained is not None if freeze is None else bool(freeze)
+        self.backbone_frozen = freezes_backbone(config.pretrained is not None, freeze)
 
     # -- language features -------------------------------------------------------
     def _text_source(self) -> tuple[str, str | None]:

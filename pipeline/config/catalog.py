@@ -397,7 +397,13 @@ class Model(_Section):
     inference: Literal["auto", "dense", "patch"] = Field(
         default="auto", description="training and mapping path: 'dense' (crops in training, one pass per tile in "
         "mapping; baseline and MaMOL), 'patch' (a patch per pixel), 'auto' (train on the method's default path: dense "
-        "for MaMOL, patches for the others; map on the path the checkpoint was trained on)")
+        "for MaMOL and for the baseline probing a frozen pretrained backbone, patches for the others; map on the path "
+        "the checkpoint was trained on)")
+
+    @property
+    def backbone_pretrained(self) -> bool:
+        """Whether the backbone starts from pretrained weights: a ``pretrained`` file, or ``pretrain`` asked for."""
+        return self.pretrained is not None or bool(self.pretrain)
 
     @field_validator("patch_size")
     @classmethod

@@ -78,15 +78,17 @@ def short_schedule_warning(epochs: int, max_steps: int | None) -> str | None:
             f"or set model.inference: patch")
 
 
-def trains_dense(requested_inference: str, method: type[MissingModalityClassifier] | MissingModalityClassifier) -> bool:
+def trains_dense(requested_inference: str, method: type[MissingModalityClassifier] | MissingModalityClassifier, *,
+                 frozen: bool) -> bool:
     """Whether a method trains densely under catalog ``model.inference``: the one rule ``train`` and ``evaluate`` follow.
 
     ``dense``: every method with the dense path; ``auto``: the methods whose dense path
-    held the patch path's accuracy on every measured row (``dense_by_default``: MaMOL,
-    docs/accuracy.md); ``patch``: none.
+    held the patch path's accuracy on every measured row (``dense_by_default``: MaMOL), and
+    with the backbone ``frozen`` those whose probe did (``frozen_dense_by_default``: the
+    baseline; docs/accuracy.md); ``patch``: none.
     """
     if requested_inference == "auto":
-        return method.supports_dense and method.dense_by_default
+        return method.supports_dense and (method.dense_by_default or (frozen and method.frozen_dense_by_default))
     return requested_inference == "dense" and method.supports_dense
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import MissingModalityClassifier
+from models.base import MissingModalityClassifier, freezes_backbone
 from models.pretraining import init_from_pretrained
 from models.registry import method_class
 from pipeline.config.catalog import Catalog, Protocol
@@ -158,20 +158,26 @@ def default_methods(protocol: str, catalog: Catalog) -> list[str]:
 INFERENCE_CHOICES = ("auto", "dense", "patch", "both")
 
 
-def variant_paths(variant: MethodVariant, inference: str) -> list[str]:
+def variant_frozen(catalog: Catalog, variant: MethodVariant) -> bool:
+    """Whether ``variant`` trains with its backbone frozen under ``catalog``: the rule its model applies when built."""
+    return freezes_backbone(catalog.model.backbone_pretrained,
+                            {**catalog.model.params, **variant.params}.get("freeze_backbone"))
+
+
+def variant_paths(variant: MethodVariant, inference: str, *, frozen: bool) -> list[str]:
     """The paths (``patch``, ``dense``) a variant is trained and tested on.
 
     They follow training (``trains_dense``): ``dense`` is dense for a method with
-    the dense path, ``auto`` for a method that is dense by default, ``patch`` is
-    patch; ``both`` runs a dense-capable method twice, side by side on the same
-    split, masks and seed.
+    the dense path, ``auto`` for a method that is dense by default (or, with its
+    backbone ``frozen``, dense by default when frozen), ``patch`` is patch; ``both``
+    runs a dense-capable method twice, side by side on the same split, masks and seed.
     """
     if inference not in INFERENCE_CHOICES:
         raise ValueError(f"inference must be one of {INFERENCE_CHOICES}, got {inference!r}")
     cls = method_class(variant.method)
     if inference == "both":
         return ["patch", "dense"] if cls.supports_dense else ["patch"]
-    return ["dense"] if trains_dense(inference, cls) else ["patch"]
+    return ["dense"] if trains_dense(inference, cls, frozen=frozen) else ["patch"]
 
 
 def path_variant(variant: MethodVariant, path: str) -> MethodVariant:
@@ -225,7 +231,8 @@ def evaluate(
     parsed = [MethodVariant.parse(m) for m in methods]
     for variant in parsed:
         check_variant(variant, catalog)
-    runs_of = [(v, path) for v in parsed for path in variant_paths(v, inference or catalog.model.inference)]
+    runs_of = [(v, path) for v in parsed
+               for path in variant_paths(v, inference or catalog.model.inference, frozen=variant_frozen(catalog, v))]
     variants = [path_variant(v, path) for v, path in runs_of]
     settings = protocol_settings(protocol, scene.modality_names, catalog.training.protocol)
     if rows is not None:

@@ -364,7 +364,7 @@ def train(
     model = build_catalog_model(config, catalog.path)
     init_from_pretrained(model)
     log.info("training %s on %d pixels (%d validation), %d classes", config.method, len(split.train_rows), len(split.val_rows), config.num_classes)
-    dense = trains_dense(catalog.model.inference, model)
+    dense = trains_dense(catalog.model.inference, model, frozen=model.backbone_frozen)
     if dense:  # crops around the training pixels, masked cross-entropy (pipeline.learn.dense_training)
         history = fit_dense(model, ds, stats, split, catalog.training, protocol, seed, progress, catalog.model.precision)
     else:

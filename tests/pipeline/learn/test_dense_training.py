@@ -202,12 +202,20 @@ def test_auto_trains_densely_only_the_methods_whose_dense_path_held_accuracy() -
 
     mamol, baseline, mmp = method_class("mamol"), method_class("baseline"), method_class("mmp")
     # MaMOL's dense path held the patch path's accuracy (docs/accuracy.md): auto trains it densely; the baseline's
-    # dense accuracy is not measured row by row, so auto keeps it on patches; MMP has no dense path
-    assert trains_dense("auto", mamol) and not trains_dense("auto", baseline) and not trains_dense("auto", mmp)
+    # dense accuracy trained whole is not measured row by row, so auto keeps it on patches; MMP has no dense path
+    assert trains_dense("auto", mamol, frozen=False) and not trains_dense("auto", baseline, frozen=False)
+    assert not trains_dense("auto", mmp, frozen=False)
+    # probing a frozen backbone the baseline's dense path held it: auto trains the probe densely
+    assert trains_dense("auto", baseline, frozen=True) and trains_dense("auto", mamol, frozen=True)
+    assert not trains_dense("auto", mmp, frozen=True)
+    assert not trains_dense("auto", type("NoDense", (mmp,), {"frozen_dense_by_default": True}), frozen=True)
     held = type("Held", (baseline,), {"dense_by_default": True})  # a method whose dense path would have held it
-    assert trains_dense("auto", held) and not trains_dense("auto", type("NoDense", (mmp,), {"dense_by_default": True}))
-    assert trains_dense("dense", mamol) and trains_dense("dense", baseline) and not trains_dense("dense", mmp)
-    assert not any(trains_dense("patch", cls) for cls in (mamol, baseline, mmp, held))
+    assert trains_dense("auto", held, frozen=False)
+    assert not trains_dense("auto", type("NoDense", (mmp,), {"dense_by_default": True}), frozen=False)
+    for frozen in (False, True):
+        assert trains_dense("dense", mamol, frozen=frozen) and trains_dense("dense", baseline, frozen=frozen)
+        assert not trains_dense("dense", mmp, frozen=frozen)
+        assert not any(trains_dense("patch", cls, frozen=frozen) for cls in (mamol, baseline, mmp, held))
 
 
 def test_dense_training_says_it_does_not_follow_selection_best(demo_catalog: Catalog, caplog: pytest.LogCaptureFixture) -> None:

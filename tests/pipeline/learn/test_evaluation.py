@@ -104,14 +104,16 @@ def test_a_row_with_one_pattern_gives_the_every_pattern_oa_of_its_test_mask(demo
 
 def test_variant_paths_follow_the_methods_dense_support() -> None:
     baseline, mmp, mamol = MethodVariant.parse("baseline"), MethodVariant.parse("mmp"), MethodVariant.parse("mamol")
-    assert variant_paths(baseline, "dense") == ["dense"] and variant_paths(baseline, "patch") == ["patch"]
-    assert variant_paths(baseline, "auto") == ["patch"]  # the baseline's dense accuracy is not measured: patches
-    assert variant_paths(mamol, "auto") == ["dense"] and variant_paths(mamol, "patch") == ["patch"]
-    assert variant_paths(mmp, "auto") == ["patch"]
-    assert variant_paths(baseline, "both") == ["patch", "dense"]
-    assert variant_paths(mmp, "dense") == ["patch"] and variant_paths(mmp, "both") == ["patch"]
+    assert variant_paths(baseline, "dense", frozen=False) == ["dense"] and variant_paths(baseline, "patch", frozen=True) == ["patch"]
+    assert variant_paths(baseline, "auto", frozen=False) == ["patch"]  # trained whole, its dense accuracy is not measured
+    assert variant_paths(baseline, "auto", frozen=True) == ["dense"]  # probing a frozen backbone it was ahead densely
+    assert variant_paths(mamol, "auto", frozen=False) == ["dense"] and variant_paths(mamol, "patch", frozen=False) == ["patch"]
+    assert variant_paths(mmp, "auto", frozen=True) == ["patch"]
+    assert variant_paths(baseline, "both", frozen=True) == ["patch", "dense"]
+    assert variant_paths(mmp, "dense", frozen=False) == ["patch"] and variant_paths(mmp, "both", frozen=False) == ["patch"]
     with pytest.raises(ValueError, match="inference must be one of"):
-        variant_paths(baseline, "sparse")
+        variant_paths(baseline, "sparse", frozen=False)
+
 
 
 @pytest.mark.parametrize(("method", "message"), [

@@ -103,6 +103,33 @@ def test_model_pretrained_takes_the_file_and_freezes_the_backbone(pretrained: tu
     assert not any(p.requires_grad for p in lvpc.shared.parameters()) and lvpc.head.weight.requires_grad
 
 
+
+def test_auto_probes_a_frozen_pretrained_backbone_densely_with_the_baseline(pretrained: tuple[Catalog, Path], tmp_path: Path) -> None:
+    """``model.inference: auto``: the baseline probing the frozen pretrained backbone trains (and so maps) densely,
+    where it was measured ahead of patches (docs/accuracy.md); fine-tuned whole it keeps patches. The evaluation
+    picks a variant's path before its model exists, by the rule the built model applies."""
+    import copy
+
+    from pipeline.learn.evaluation import MethodVariant, variant_frozen, variant_paths
+    from pipeline.learn.training import train
+
+    catalog, _path = pretrained
+    trained = {}
+    for params in ({}, {"freeze_backbone": False}):
+        probe = copy.deepcopy(catalog)
+        probe.model.method, probe.model.params, probe.model.inference = "baseline", params, "auto"
+        probe.training.max_steps, probe.training.samples_per_class = 2, 6
+        result = train(probe, checkpoint_dir=tmp_path / f"baseline-{len(trained)}", progress=False)
+        path = json.loads((Path(result.checkpoint) / "config.json").read_text())["metadata"]["training_path"]
+        variant = MethodVariant.parse("baseline")
+        assert variant_paths(variant, "auto", frozen=variant_frozen(probe, variant)) == [path]
+        trained["frozen" if not params else "whole"] = path
+    assert trained == {"frozen": "dense", "whole": "patch"}
+    scratch = copy.deepcopy(catalog)
+    scratch.model.pretrain = False
+    assert not variant_frozen(scratch, MethodVariant.parse("baseline"))
+    assert variant_frozen(scratch, MethodVariant.parse("baseline:freeze_backbone=true"))
+
 def test_masks_hide_tokens_and_coherent_regions_of_one_modality() -> None:
     present = torch.ones(512, 2, 5, 5, dtype=torch.bool)
     visible = mask_tokens(present, torch.Generator().manual_seed(0))
