@@ -163,6 +163,25 @@ class MissingModalityClassifier(nn.Module):
         ce = nn.functional.cross_entropy(logits, targets)
         return {"loss": ce, "ce": ce.detach()}
 
+    def dense_training_patterns(self, patterns: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The availability patterns (N, M) the dense path's training regions take, from the protocol's draw.
+
+        The dense path's :meth:`training_availability`: methods that mask modalities themselves override it.
+        """
+        return patterns
+
+    def dense_training_loss(self, inputs: dict[str, Tensor], available: Tensor, real: Tensor, targets: Tensor,
+                            origin: Tensor | None, margin: int, stage: str) -> dict[str, Tensor]:
+        """Losses for one batch of dense crops; ``loss`` is what is minimised, other entries are logged.
+
+        ``available`` (B, M, H, W) is what the model is shown, ``real`` what the crops really have (a superset:
+        the training masks withheld the rest); ``targets`` (B, H - 2 margin, W - 2 margin) are class indices,
+        -1 where a pixel is not a training pixel (masked cross-entropy).
+        """
+        logits = self.forward_dense(inputs, available, origin, margin)
+        ce = nn.functional.cross_entropy(logits.float(), targets, ignore_index=-1)
+        return {"loss": ce, "ce": ce.detach()}
+
     def check_inputs(self, inputs: dict[str, Tensor], available: Tensor) -> None:
         cfg = self.config
         missing = [m for m in cfg.modalities if m not in inputs]

@@ -123,10 +123,34 @@ class PatchTransformerClassifier(MissingModalityClassifier):
     def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
                       margin: int = 0) -> Tensor:
         """Logits (B, K, H - 2 margin, W - 2 margin) for the pixels of crops (B, C_m, H, W); see ``models.dense``."""
-        dense.check_margin(margin, *available.shape[-2:])
+        canvas, tokens = self.dense_canvas_tokens(inputs, available, origin)
+        return self.dense_logits(tokens, available, canvas, margin)
+
+    def dense_canvas(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None) -> dense.Canvas:
+        """The window-aligned canvas of crops (B, C_m, H, W) starting at scene ``origin``, once the crops are checked."""
+        if self.window_size is None:
+            raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
+        self.check_dense_inputs(inputs, available)
+        b, _, h, w = available.shape
+        return dense.plan_canvas(origin, b, h, w, self.window_size)
+
+    def dense_canvas_tokens(self, inputs: dict[str, Tensor], available: Tensor,
+                            origin: Tensor | None = None) -> tuple[dense.Canvas, Tensor]:
+        """The crops' canvas and the tokens (B, Hc, Wc, M, width) of :meth:`dense_tokens` on it."""
+        canvas = self.dense_canvas(inputs, available, origin)
+        return canvas, self.dense_tokens(inputs, available, canvas)
+
+    def dense_tokens(self, inputs: dict[str, Tensor], available: Tensor, canvas: dense.Canvas) -> Tensor:
+        """Canvas tokens (B, Hc, Wc, M, width) entering the blocks; methods that rebuild missing tokens override this."""
+        return self.projection.dense(inputs, available, canvas)
+
+    def dense_logits(self, tokens: Tensor, available: Tensor, canvas: dense.Canvas, margin: int = 0) -> Tensor:
+        """Logits (B, K, H - 2 margin, W - 2 margin) of the crops whose canvas tokens are ``tokens``."""
+        h, w = canvas.crop_height, canvas.crop_width
+        dense.check_margin(margin, h, w)
         k = self.readout_radius
         inner = max(0, margin - k)  # the readout reads k pixels past each wanted one
-        features = self.dense_features(inputs, available, origin, inner)  # (B, M, width, H', W')
+        features = self.dense_token_features(tokens, available, canvas, inner)  # (B, M, width, H', W')
         b, m, c, h, w = features.shape
         logits = self.head(features.permute(0, 3, 4, 1, 2).reshape(b, h, w, m * c)).permute(0, 3, 1, 2)
         if k:
@@ -142,14 +166,16 @@ class PatchTransformerClassifier(MissingModalityClassifier):
     def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
                        margin: int = 0) -> Tensor:
         """Per-pixel, per-modality output tokens (B, M, width, H - 2 margin, W - 2 margin) after ``ln_post``."""
-        if self.window_size is None:
-            raise NotImplementedError(f"{type(self).__name__} has no dense path (supports_dense is False)")
-        self.check_dense_inputs(inputs, available)
-        b, _, h, w = available.shape
-        dense.check_margin(margin, h, w)
+        canvas, tokens = self.dense_canvas_tokens(inputs, available, origin)
+        dense.check_margin(margin, canvas.crop_height, canvas.crop_width)
+        return self.dense_token_features(tokens, available, canvas, margin)
+
+    def dense_token_features(self, tokens: Tensor, available: Tensor, canvas: dense.Canvas, margin: int) -> Tensor:
+        """:meth:`dense_features` of canvas tokens (B, Hc, Wc, M, width): the windowed blocks, the crops, ``ln_post``."""
+        h, w = canvas.crop_height, canvas.crop_width
         window = self.window_size
-        canvas = dense.plan_canvas(origin, b, h, w, window)
-        x = self.backbone.ln_pre(self.projection.dense(inputs, available, canvas))  # (B, Hc, Wc, M, width)
+        assert window is not None
+        x = self.backbone.ln_pre(tokens)
         m = x.shape[3]
         # each token's own pixel pattern, laid out like the tokens: (B, Hc, Wc, M tokens, M modalities)
         pixel = dense.place(available, canvas, False).permute(0, 2, 3, 1)

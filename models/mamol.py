@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from models.backbone import attention_step, ffn_input
 from models.base import ModelConfig, OptimizerDefaults
 from models.classifier import COMMON_PARAMS, PatchTransformerClassifier
+from models.dense import Canvas
 from models.lora import LoRAExperts, PatternRouter, mix_experts
 from models.patterns import pattern_code
 from models.registry import register
@@ -176,10 +177,9 @@ class MaMOL(PatchTransformerClassifier):
         self.last_gates = {}
         return super().forward(inputs, available)
 
-    def dense_features(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
-                       margin: int = 0) -> Tensor:
+    def dense_token_features(self, tokens: Tensor, available: Tensor, canvas: Canvas, margin: int) -> Tensor:
         self.last_gates = {}
-        return super().dense_features(inputs, available, origin, margin)
+        return super().dense_token_features(tokens, available, canvas, margin)
 
     def block_context(self, available: Tensor) -> BlockContext:
         m_type = None if self.pattern_embedding is None else self.pattern_embedding(self.pattern_codes(available))

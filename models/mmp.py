@@ -49,7 +49,9 @@ from typing import Any
 import torch
 from open_clip.transformer import LayerNorm
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from models import dense
 from models.base import ModelConfig
 from models.classifier import COMMON_PARAMS, PatchTransformerClassifier
 from models.masking import mmp_mask
@@ -67,6 +69,13 @@ MMP_PARAMS: dict[str, Any] = {
 }
 
 
+ROW_STABLE_BATCH = 8
+"""The fewest pixels the dense projection runs at once. A pixel's T' must not depend on which other pixels share its
+batch (a tile and the whole scene give the same map, bit for bit), and on CPU a matrix product of fewer than 8 rows,
+and the fused attention kernels with one query, round differently by batch size; the projection runs attention on the
+reference (math) kernel and pads a batch of fewer pixels with copies of its first."""
+
+
 class CrossAttention(nn.Module):
     """``q + MultiHeadAttention(LN(q), LN(kv), LN(kv))``: queries gather from keys/values."""
 
@@ -76,9 +85,10 @@ class CrossAttention(nn.Module):
         self.ln_kv = LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
 
-    def forward(self, q: Tensor, kv: Tensor) -> Tensor:
+    def forward(self, q: Tensor, kv: Tensor, ignore: Tensor | None = None) -> Tensor:
+        """``ignore`` (B, N_kv) bool: keys/values the queries do not read (None: all are read)."""
         kv = self.ln_kv(kv)
-        return q + self.attn(self.ln_q(q), kv, kv, need_weights=False)[0]
+        return q + self.attn(self.ln_q(q), kv, kv, key_padding_mask=ignore, need_weights=False)[0]
 
 
 class MaskedModalityProjection(nn.Module):
@@ -100,23 +110,66 @@ class MaskedModalityProjection(nn.Module):
             [nn.Sequential(LayerNorm(inner), nn.Linear(inner, hidden), nn.GELU(), nn.Linear(hidden, width)) for _ in range(count)]
         )
 
-    def forward(self, tokens: list[Tensor], available: Tensor, target: int) -> Tensor:
+    def forward(self, tokens: list[Tensor], available: Tensor, target: int, context: list[Tensor] | None = None,
+                context_present: list[Tensor] | None = None) -> Tensor:
         """T' (B, N, width) of modality ``target`` from the others' tokens ``tokens`` (M of (B, N, width)).
 
-        Rows where an other modality is unavailable get a zero slot for it in the MLP input.
+        Rows where an other modality is unavailable get a zero slot for it in the MLP input. The
+        aggregates gather from ``tokens``, or from ``context`` (M of (B, N_ctx, width)) where given,
+        reading only the context tokens ``context_present`` (M of (B, N_ctx) bool) marks: the dense path
+        projects a pixel's token (N = 1) from the patch of tokens around it.
         """
         batch = tokens[0].shape[0]
         slots = []
         for j, t_j in enumerate(tokens):
             if j == target:
                 continue
-            agg_j = self.gather[j](self.aggregates[j].to(t_j.dtype).expand(batch, -1, -1), t_j)
+            keys, ignore = t_j, None
+            if context is not None:
+                keys = context[j]
+                if context_present is not None:
+                    # a row without modality j gets a zero slot below: it reads every key, so no row reads none
+                    ignore = ~context_present[j] & available[:, j : j + 1]
+            agg_j = self.gather[j](self.aggregates[j].to(t_j.dtype).expand(batch, -1, -1), keys, ignore)
             agg_i = self.aggregates[target].to(t_j.dtype).expand(batch, -1, -1)
             t_ij = self.pair_attention[f"{target}_{j}"](agg_i, agg_j)
             t_att = self.token_attention[f"{target}_{j}"](t_j, t_ij)
             present = available[:, j].view(-1, 1, 1)
             slots.append(torch.where(present, t_att, torch.zeros((), dtype=t_att.dtype, device=t_att.device)))
         return self.mlps[target](torch.cat(slots, dim=-1))
+
+    def dense(self, tokens: Tensor, present: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+        """Canvas tokens (B, H, W, M, width) with the missing token of each pixel projected from its neighbourhood.
+
+        ``present`` (B, H, W, M) is each pixel's availability. A pixel missing modality i with another
+        present gets T'_i from the (2 radius + 1)^2 tokens around it of each present modality (the
+        aggregates gather from them, its own token is the query of the last attention): the patch path's
+        projection of the centre of a patch around the pixel, with the patch's missing pixels left out.
+        Returns the tokens and ``replaced`` (B, H, W, M), where T' stands in.
+        """
+        side = 2 * radius + 1
+        padded = nn.functional.pad(tokens, (0, 0, 0, 0, radius, radius, radius, radius))
+        padded_present = nn.functional.pad(present, (0, 0, radius, radius, radius, radius), value=False)
+        step = torch.arange(side, device=tokens.device)
+        offsets_r = step.repeat_interleave(side).view(1, -1)
+        offsets_c = step.repeat(side).view(1, -1)
+        replaced = ~present & present.any(dim=-1, keepdim=True)
+        out = tokens
+        for i in range(tokens.shape[3]):
+            b, r, c = replaced[..., i].nonzero(as_tuple=True)
+            if b.numel() == 0:
+                continue
+            count = b.numel()
+            if count < ROW_STABLE_BATCH:  # repeat the first pixel: see ROW_STABLE_BATCH
+                b, r, c = (torch.cat([v, v[:1].expand(ROW_STABLE_BATCH - count)]) for v in (b, r, c))
+            rows, cols, batch = r.view(-1, 1) + offsets_r, c.view(-1, 1) + offsets_c, b.view(-1, 1)
+            own = [tokens[b, r, c, j].unsqueeze(1) for j in range(tokens.shape[3])]
+            context = [padded[batch, rows, cols, j] for j in range(tokens.shape[3])]  # (n, side^2, width)
+            context_present = [padded_present[batch, rows, cols, j] for j in range(tokens.shape[3])]
+            with sdpa_kernel(SDPBackend.MATH):
+                projected = self(own, present[b, r, c], i, context, context_present)[:count, 0].to(tokens.dtype)
+            out = out.index_put((b[:count], r[:count], c[:count], torch.full_like(b[:count], i)), projected)
+        return out, replaced
 
 
 def with_unmasked_copies(
@@ -145,6 +198,7 @@ class MMP(PatchTransformerClassifier):
     default_params = MMP_PARAMS
     param_rules = {**PatchTransformerClassifier.param_rules, "keep_complete": TRUE_OR_FALSE}
     masks_modalities_in_training = True
+    supports_dense = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -187,6 +241,58 @@ class MMP(PatchTransformerClassifier):
             groups[i] = groups[i].index_copy(0, rows, t_i)
             projected[:, i] = projected[:, i].index_copy(0, rows, t_i)
         return torch.cat(groups, dim=1), projected, ~available
+
+    # -- dense path (models.dense) ------------------------------------------------
+    @property
+    def projection_radius(self) -> int:
+        """Pixels around a pixel its projected tokens read on the dense path: the patch path's patch, P // 2."""
+        return self.config.patch_size // 2
+
+    @property
+    def receptive_radius(self) -> int:
+        return super().receptive_radius + self.projection_radius
+
+    def dense_tokens(self, inputs: dict[str, Tensor], available: Tensor, canvas: dense.Canvas) -> Tensor:
+        return self.dense_projected_tokens(inputs, available, canvas)[0]
+
+    def dense_projected_tokens(self, inputs: dict[str, Tensor], available: Tensor, canvas: dense.Canvas) -> tuple[Tensor, Tensor]:
+        """Canvas tokens (B, Hc, Wc, M, width), every missing token of a pixel with another modality projected
+        (:meth:`MaskedModalityProjection.dense`), and where T' stands in (B, Hc, Wc, M)."""
+        real = self.projection.dense(inputs, available, canvas)
+        present = dense.place(available, canvas, False).permute(0, 2, 3, 1)
+        return self.projector.dense(real, present, self.projection_radius)
+
+    def dense_training_patterns(self, patterns: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """MMP's mask of the regions, where the protocol withheld nothing (protocol ``none``); else the protocol's.
+
+        A protocol that leaves regions incomplete already gives the projection its targets (every
+        withheld pixel the scene has); masking its complete regions again would leave few complete
+        ones, the double masking ``keep_complete`` undoes on the patch path.
+        """
+        if bool((~patterns).any()):
+            return patterns
+        return mmp_mask(patterns, float(self.params["mask_prob"]), generator)
+
+    def dense_training_loss(self, inputs: dict[str, Tensor], available: Tensor, real: Tensor, targets: Tensor,
+                            origin: Tensor | None, margin: int, stage: str) -> dict[str, Tensor]:
+        """Masked cross-entropy plus ``align_weight * SmoothL1(T'_i, T_i)`` over the withheld tokens the crops have.
+
+        Every pixel whose modality the training masks withheld but the scene has (``real & ~available``) and
+        that T' fills is a target: the token the dense projection gives it there, detached.
+        """
+        canvas = self.dense_canvas(inputs, available, origin)
+        tokens, replaced = self.dense_projected_tokens(inputs, available, canvas)
+        logits = self.dense_logits(tokens, available, canvas, margin)
+        ce = nn.functional.cross_entropy(logits.float(), targets, ignore_index=-1)
+        withheld = replaced & dense.place(real, canvas, False).permute(0, 2, 3, 1)
+        if bool(withheld.any()):
+            with torch.no_grad():
+                truth = self.projection.dense(inputs, real, canvas)
+            align = nn.functional.smooth_l1_loss(tokens[withheld].float(), truth[withheld].float())
+        else:
+            align = ce.new_zeros(())
+        loss = ce + float(self.params["align_weight"]) * align
+        return {"loss": loss, "ce": ce.detach(), "align": align.detach(), "masked": withheld.float().mean()}
 
     # -- training hooks --------------------------------------------------------
     def training_availability(self, available: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -53,7 +53,7 @@ from models.masking import mmp_mask
 from pipeline.config.catalog import DenseCrops, Protocol, Training
 from pipeline.data.patches import NormStats, Window, normalise_window, pixel_windows, read_window
 from pipeline.devices import autocast, autocast_dtype, pick_device
-from pipeline.learn.augmentation import SYMMETRIES, dihedral_crops, symmetry_rng
+from pipeline.learn.augmentation import SYMMETRIES, dihedral_crops, symmetry_rng, turn
 from pipeline.learn.optimisation import StageOptimiser
 from pipeline.learn.protocols import protocol_availability
 
@@ -315,6 +315,7 @@ def fit_dense(
             corners = epoch_corners[epoch]
             origins = told_origins(corners, window) if settings.grid_jitter else corners
             patterns = region_patterns(protocol, len(corners) * regions, modalities, seed * 100003 + epoch, generator)
+            patterns = model.dense_training_patterns(torch.from_numpy(patterns), generator).numpy()
             patterns = patterns.reshape(len(corners), regions, len(modalities))
             losses = []
             for start in range(0, len(corners), settings.crops_per_batch):
@@ -326,12 +327,14 @@ def fit_dense(
                 avail = training_availability(real, masks)
                 targets = torch.from_numpy(crop_targets(labels, scene.pad, batch, cell, context))
                 if training.augment == "dihedral":
-                    inputs, avail, targets = dihedral_crops(inputs, avail, targets, symmetries.integers(0, SYMMETRIES, len(batch)))
+                    turns = symmetries.integers(0, SYMMETRIES, len(batch))
+                    inputs, avail, targets = dihedral_crops(inputs, avail, targets, turns)
+                    real = turn(real, turns)
                 origin = torch.from_numpy(origins[start : start + len(batch)].astype(np.int64))
                 with autocast(device, dtype):
-                    logits = model.forward_dense({m: v.to(device) for m, v in inputs.items()}, avail.to(device), origin,
-                                                 margin=context)  # the cells' logits; the context only feeds them
-                loss = torch.nn.functional.cross_entropy(logits.float(), targets.to(device), ignore_index=-1)
+                    # the cells' losses (margin: the context only feeds them)
+                    loss = model.dense_training_loss({m: v.to(device) for m, v in inputs.items()}, avail.to(device),
+                                                     real.to(device), targets.to(device), origin, context, stage)["loss"]
                 optimiser.step(loss)
                 losses.append(float(loss.detach()))
                 bar.update(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import build_model, load_checkpoint, save_checkpoint
+from models import build_model, dense, load_checkpoint, save_checkpoint
 from models.mmp import MMP, with_unmasked_copies
 
 THREE = (["hs", "sar", "dsm"], [30, 4, 1])
@@ -192,3 +192,93 @@ def test_keep_complete_trains_the_head_on_a_masked_sample_as_it_is_too(make_conf
             logits, tgt = torch.cat([logits, model(copies, complete[rows])]), torch.cat([targets, targets[rows]])
     assert torch.allclose(parts["ce"], torch.nn.functional.cross_entropy(logits, tgt), atol=1e-6)
     assert parts["align"] > 0  # the masked copies still train the projection
+
+
+# -- the dense path ---------------------------------------------------------------------------------------
+
+
+def dense_crop(config, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(1, c, height, width, generator=g) for name, c in zip(config.modalities, config.bands)}
+
+
+def test_dense_tokens_are_projected_exactly_where_a_pixel_misses_a_modality_another_has(make_config):
+    torch.manual_seed(0)
+    model = build_model(make_config("mmp", window_size=4)).eval()
+    inputs = dense_crop(model.config, 12, 16)
+    available = torch.ones(1, 2, 12, 16, dtype=torch.bool)
+    available[0, 0, 2:6, 3:9] = False  # a cloud over the HS
+    available[0, 1, :, 12:] = False  # a LiDAR strip never flown
+    available[0, :, 9:, 12:] = False  # nothing at all
+    canvas = model.dense_canvas(inputs, available)
+    with torch.no_grad():
+        plain = model.projection.dense(inputs, available, canvas)
+        tokens, replaced = model.dense_projected_tokens(inputs, available, canvas)
+    present = dense.place(available, canvas, False).permute(0, 2, 3, 1)
+    expected = ~present & present.any(dim=-1, keepdim=True)
+    assert torch.equal(replaced, expected) and int(replaced.sum()) == 24 + 9 * 4
+    assert torch.equal(tokens[~replaced], plain[~replaced])  # real tokens, and the missing token where nothing is
+    assert (tokens[replaced] - plain[replaced]).abs().sum(dim=-1).gt(0).all()
+
+
+def test_a_dense_projection_is_the_patch_projection_of_the_patch_around_the_pixel(make_config):
+    # with the whole 5 x 5 neighbourhood of HS present, LiDAR's T' at the pixel is the patch path's projection of
+    # that neighbourhood's tokens, at the patch's centre
+    torch.manual_seed(0)
+    model = build_model(make_config("mmp", window_size=4)).eval()
+    inputs = dense_crop(model.config, 12, 12, seed=1)
+    available = torch.ones(1, 2, 12, 12, dtype=torch.bool)
+    available[0, 1, 5, 6] = False
+    available[0, 1, 3, 3] = available[0, 0, 3, 2] = False  # this pixel's HS neighbourhood has a hole
+    canvas = model.dense_canvas(inputs, available)
+    top, left = canvas.top[0], canvas.left[0]
+    with torch.no_grad():
+        plain = model.projection.dense(inputs, available, canvas)[0]
+        tokens, _ = model.dense_projected_tokens(inputs, available, canvas)
+        for (r, c), keep in [((5, 6), slice(None)), ((3, 3), [i for i in range(25) if i != 11])]:
+            rows, cols = slice(top + r - 2, top + r + 3), slice(left + c - 2, left + c + 3)
+            hs = plain[rows, cols, 0].reshape(1, 25, -1)[:, keep]
+            lidar = torch.zeros_like(hs)
+            patch = model.projector([hs, lidar], torch.tensor([[True, False]]), target=1)
+            centre = keep.index(12) if isinstance(keep, list) else 12
+            torch.testing.assert_close(tokens[0, top + r, left + c, 1], patch[0, centre], atol=1e-5, rtol=1e-4)
+
+
+def test_the_dense_loss_aligns_the_withheld_tokens_the_scene_has(make_config):
+    torch.manual_seed(0)
+    model = build_model(make_config("mmp", window_size=4)).train()
+    inputs = dense_crop(model.config, 16, 16, seed=2)
+    real = torch.ones(1, 2, 16, 16, dtype=torch.bool)
+    real[0, 1, :, :4] = False  # a LiDAR strip the scene never had: no target there
+    shown = real.clone()
+    shown[0, 0, 8:, :] = False  # the training mask withholds HS over the lower half
+    targets = torch.full((1, 16, 16), -1)
+    targets[0, 4, 4] = targets[0, 12, 9] = 1
+    parts = model.dense_training_loss(inputs, shown, real, targets, None, 0, "main")
+    canvas = model.dense_canvas(inputs, shown)
+    tokens, replaced = model.dense_projected_tokens(inputs, shown, canvas)
+    withheld = replaced & dense.place(real, canvas, False).permute(0, 2, 3, 1)
+    assert int(withheld.sum()) == 8 * 16 - 8 * 4 + 0  # HS withheld where LiDAR is there: rows 8-15, cols 4-15
+    with torch.no_grad():
+        truth = model.projection.dense(inputs, real, canvas)
+    expected = torch.nn.functional.smooth_l1_loss(tokens[withheld], truth[withheld])
+    torch.testing.assert_close(parts["align"], expected.detach())
+    torch.testing.assert_close(parts["loss"], parts["ce"] + parts["align"])
+    # nothing withheld: the loss is the masked cross-entropy alone, that of forward_dense
+    alone = model.dense_training_loss(inputs, real, real, targets, None, 0, "main")
+    assert alone["align"] == 0
+    ce = torch.nn.functional.cross_entropy(model.forward_dense(inputs, real), targets, ignore_index=-1)
+    torch.testing.assert_close(alone["loss"], ce)
+    parts["loss"].backward()
+    assert model.projector.mlps[0][1].weight.grad.abs().sum() > 0  # the projection of HS trains
+
+
+def test_the_dense_path_masks_regions_itself_only_where_the_protocol_withheld_nothing(make_config):
+    model = build_model(make_config("mmp"))
+    generator = torch.Generator().manual_seed(0)
+    complete = torch.ones(600, 2, dtype=torch.bool)
+    masked = model.dense_training_patterns(complete, generator)
+    assert masked.any(dim=1).all() and 0.2 < (~masked).float().mean() < 0.5  # MMP's drop, one modality kept
+    protocol = complete.clone()
+    protocol[::3, 1] = False  # a protocol row that leaves a third incomplete
+    assert torch.equal(model.dense_training_patterns(protocol, generator), protocol)

@@ -112,11 +112,11 @@ def test_grid_jitter_moves_a_pixel_through_its_window_from_epoch_to_epoch() -> N
     assert len(positions) >= 6  # without jitter it is always (rows[0] % 8, cols[0] % 8)
 
 
-def _fit(catalog: Catalog, data, split, seed: int = 0, augment: str = "none") -> dict[str, torch.Tensor]:
+def _fit(catalog: Catalog, data, split, seed: int = 0, augment: str = "none", method: str | None = None) -> dict[str, torch.Tensor]:
     from models import build_model
 
     torch.manual_seed(seed)
-    model = build_model(model_config_for(catalog, catalog.scenes[0], data.ds))
+    model = build_model(model_config_for(catalog, catalog.scenes[0], data.ds, method))
     training = Training(epochs=1, max_steps=2, augment=augment)
     fit_dense(model, data.ds, data.stats, split, training, Protocol(kind="eta", eta=0.5), seed, progress=False,
               precision="float32", settings=DenseCrops(crop_size=16, context=8, crops_per_batch=4, val_tile=256))
@@ -148,6 +148,21 @@ def test_dihedral_augmentation_trains_other_weights_and_repeats_with_the_seed(de
     again = _fit(demo_catalog, data, data.split, augment="dihedral")
     assert all(torch.equal(v, again[k]) for k, v in turned.items())
     assert not all(torch.equal(v, plain[k]) for k, v in turned.items())
+
+
+@pytest.mark.slow
+def test_mmp_trains_densely_its_projection_included_and_repeats_with_the_seed(demo_catalog: Catalog) -> None:
+    from models import build_model
+
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    first = _fit(demo_catalog, data, data.split, augment="dihedral", method="mmp")
+    again = _fit(demo_catalog, data, data.split, augment="dihedral", method="mmp")
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
+    torch.manual_seed(0)
+    untrained = build_model(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds, "mmp")).state_dict()
+    # the projection of missing tokens trained (the protocol's withheld pixels gave it targets), and so did the head
+    for name in ("projector.mlps.0.1.weight", "projector.mlps.1.1.weight", "head.weight"):
+        assert not torch.equal(first[name], untrained[name]), name
 
 
 def test_the_schedule_runs_every_epoch_and_ends_at_zero_whatever_cells_the_epochs_draw(demo_catalog: Catalog) -> None:
@@ -201,21 +216,23 @@ def test_auto_trains_densely_only_the_methods_whose_dense_path_held_accuracy() -
     from pipeline.learn.dense_training import trains_dense
 
     mamol, baseline, mmp = method_class("mamol"), method_class("baseline"), method_class("mmp")
+    lvpcnet = method_class("lvpcnet")
     # MaMOL's dense path held the patch path's accuracy (docs/accuracy.md): auto trains it densely; the baseline's
-    # dense accuracy trained whole is not measured row by row, so auto keeps it on patches; MMP has no dense path
+    # dense accuracy trained whole is not measured row by row, so auto keeps it on patches; MMP's dense path is asked
+    # for by name; LVPCnet has none
     assert trains_dense("auto", mamol, frozen=False) and not trains_dense("auto", baseline, frozen=False)
     assert not trains_dense("auto", mmp, frozen=False)
     # probing a frozen backbone the baseline's dense path held it: auto trains the probe densely
     assert trains_dense("auto", baseline, frozen=True) and trains_dense("auto", mamol, frozen=True)
-    assert not trains_dense("auto", mmp, frozen=True)
-    assert not trains_dense("auto", type("NoDense", (mmp,), {"frozen_dense_by_default": True}), frozen=True)
+    assert not trains_dense("auto", lvpcnet, frozen=True)
+    assert not trains_dense("auto", type("NoDense", (lvpcnet,), {"frozen_dense_by_default": True}), frozen=True)
     held = type("Held", (baseline,), {"dense_by_default": True})  # a method whose dense path would have held it
     assert trains_dense("auto", held, frozen=False)
-    assert not trains_dense("auto", type("NoDense", (mmp,), {"dense_by_default": True}), frozen=False)
+    assert not trains_dense("auto", type("NoDense", (lvpcnet,), {"dense_by_default": True}), frozen=False)
     for frozen in (False, True):
-        assert trains_dense("dense", mamol, frozen=frozen) and trains_dense("dense", baseline, frozen=frozen)
-        assert not trains_dense("dense", mmp, frozen=frozen)
-        assert not any(trains_dense("patch", cls, frozen=frozen) for cls in (mamol, baseline, mmp, held))
+        assert all(trains_dense("dense", cls, frozen=frozen) for cls in (mamol, baseline, mmp))
+        assert not trains_dense("dense", lvpcnet, frozen=frozen)
+        assert not any(trains_dense("patch", cls, frozen=frozen) for cls in (mamol, baseline, mmp, lvpcnet, held))
 
 
 def test_dense_training_says_it_does_not_follow_selection_best(demo_catalog: Catalog, caplog: pytest.LogCaptureFixture) -> None:

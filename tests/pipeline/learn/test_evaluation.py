@@ -54,13 +54,12 @@ def test_both_paths_are_tested_side_by_side_on_the_same_pixels_and_masks(demo_ca
     demo_catalog.training.epochs = 1
     results = evaluate(demo_catalog, "mamol-table1", ["baseline", "mmp"], [0], tmp_path / "eval", max_test_pixels=300,
                        progress=False, rows=[1], inference="both", mask_draws=3)
-    # mmp has no dense path: it runs once, on patches
-    assert results["methods"] == ["baseline", "baseline [dense]", "mmp", FOREST]
+    assert results["methods"] == ["baseline", "baseline [dense]", "mmp", "mmp [dense]", FOREST]
     runs = {r["method"]: r for r in results["runs"]}
     assert runs["baseline [dense]"]["epochs"] == 1
     # the same test pixels with the same availability patterns for every path
     counts = {m: {k: g["n"] for k, g in r["patterns"].items()} for m, r in runs.items()}
-    assert counts["baseline"] == counts["baseline [dense]"] == counts["mmp"] == counts[FOREST]
+    assert counts["baseline"] == counts["baseline [dense]"] == counts["mmp"] == counts["mmp [dense]"] == counts[FOREST]
     assert len(counts["baseline"]) >= 2  # the row's protocol masks a modality on part of the scene
     # every test pixel under each of the row's patterns (HS 50 / LiDAR 100: clear and LiDAR alone, half each), the same
     # pixels for every path: clear keeps every pixel with a modality (more than the mask's clear half), LiDAR alone those
@@ -104,13 +103,16 @@ def test_a_row_with_one_pattern_gives_the_every_pattern_oa_of_its_test_mask(demo
 
 def test_variant_paths_follow_the_methods_dense_support() -> None:
     baseline, mmp, mamol = MethodVariant.parse("baseline"), MethodVariant.parse("mmp"), MethodVariant.parse("mamol")
+    lvpcnet = MethodVariant.parse("lvpcnet")
     assert variant_paths(baseline, "dense", frozen=False) == ["dense"] and variant_paths(baseline, "patch", frozen=True) == ["patch"]
     assert variant_paths(baseline, "auto", frozen=False) == ["patch"]  # trained whole, its dense accuracy is not measured
     assert variant_paths(baseline, "auto", frozen=True) == ["dense"]  # probing a frozen backbone it was ahead densely
     assert variant_paths(mamol, "auto", frozen=False) == ["dense"] and variant_paths(mamol, "patch", frozen=False) == ["patch"]
     assert variant_paths(mmp, "auto", frozen=True) == ["patch"]
     assert variant_paths(baseline, "both", frozen=True) == ["patch", "dense"]
-    assert variant_paths(mmp, "dense", frozen=False) == ["patch"] and variant_paths(mmp, "both", frozen=False) == ["patch"]
+    assert variant_paths(mmp, "dense", frozen=False) == ["dense"] and variant_paths(mmp, "both", frozen=False) == ["patch", "dense"]
+    # a method without a dense path runs once, on patches, whatever is asked
+    assert variant_paths(lvpcnet, "dense", frozen=False) == ["patch"] and variant_paths(lvpcnet, "both", frozen=True) == ["patch"]
     with pytest.raises(ValueError, match="inference must be one of"):
         variant_paths(baseline, "sparse", frozen=False)
 
