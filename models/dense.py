@@ -1,12 +1,13 @@
 """The dense path's window geometry: one token per pixel per modality, attention inside W x W windows.
 
-A method that supports it (``supports_dense``: the baseline and MaMOL) offers,
+A method that supports it (``supports_dense``: the baseline, MaMOL and MMP) offers,
 beside the patch forward::
 
     logits   = model.forward_dense(inputs, available, origin, margin)       # (B, K, H - 2 margin, W - 2 margin)
     features = model.dense_features(inputs, available, origin, margin)      # (B, M, width, ...), before the head
     canvas   = plan_canvas(origin, B, H, W, model.window_size)    # where the crops sit on the window grid
     tokens   = model.projection.dense(inputs, available, canvas)   # (B, H', W', M, width), the token embedding
+    tokens   = model.dense_tokens(inputs, available, canvas)       # what enters the blocks (MMP: missing ones projected)
     radius   = model.receptive_radius                               # the halo a tile needs (pixels)
 
 Args of ``forward_dense`` / ``dense_features``:
@@ -16,7 +17,8 @@ Args of ``forward_dense`` / ``dense_features``:
         the same pixels of a call without margin, bit for bit.
     inputs: modality name -> float (B, C_m, H, W), normalised; H and W are arbitrary.
     available: bool (B, M, H, W), per pixel; a missing pixel's values are never
-        read (NaN there is harmless): its token is the zero (or dummy) token.
+        read (NaN there is harmless): its token is the zero (or dummy) token, or with
+        MMP the token projected from the pixel's neighbourhood of the modalities it has.
     origin: long (B, 2), the scene (row, col) of each crop's top-left pixel, or
         None for (0, 0). Windows are anchored to the *scene* grid through it, so
         a pixel's logits do not depend on where a crop or tile starts.

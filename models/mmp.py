@@ -44,7 +44,7 @@ does not apply, missing tokens are always projected):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from open_clip.transformer import LayerNorm
@@ -85,10 +85,37 @@ class CrossAttention(nn.Module):
         self.ln_kv = LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
 
-    def forward(self, q: Tensor, kv: Tensor, ignore: Tensor | None = None) -> Tensor:
-        """``ignore`` (B, N_kv) bool: keys/values the queries do not read (None: all are read)."""
+    def forward(self, q: Tensor, kv: Tensor) -> Tensor:
         kv = self.ln_kv(kv)
-        return q + self.attn(self.ln_q(q), kv, kv, key_padding_mask=ignore, need_weights=False)[0]
+        return q + self.attn(self.ln_q(q), kv, kv, need_weights=False)[0]
+
+    def keys_values(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values (..., width) of tokens ``kv`` (..., width): ``LN`` and the attention's key and value maps.
+
+        Computed once per token, they serve every query that reads it (the dense path's
+        overlapping neighbourhoods read each pixel's token (2 r + 1)^2 times).
+        """
+        width = self.attn.embed_dim
+        x = self.ln_kv(kv)
+        weight, bias = self.attn.in_proj_weight, self.attn.in_proj_bias
+        return (nn.functional.linear(x, weight[width : 2 * width], bias[width : 2 * width]),
+                nn.functional.linear(x, weight[2 * width :], bias[2 * width :]))
+
+    def attend(self, q: Tensor, keys: Tensor, values: Tensor, ignore: Tensor | None = None) -> Tensor:
+        """:meth:`forward` on keys and values of :meth:`keys_values` (B, N_kv, width); ``q`` (B or 1, N_q, width).
+
+        ``ignore`` (B, N_kv) bool: the keys the queries do not read (each row must read one).
+        """
+        width, heads = self.attn.embed_dim, self.attn.num_heads
+        weight, bias = self.attn.in_proj_weight, self.attn.in_proj_bias
+        query = nn.functional.linear(self.ln_q(q), weight[:width], bias[:width]).expand(keys.shape[0], -1, -1)
+
+        def split(x: Tensor) -> Tensor:  # (B, N, width) -> (B, heads, N, width / heads)
+            return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+        read = None if ignore is None else ~ignore[:, None, None, :]
+        out = nn.functional.scaled_dot_product_attention(split(query), split(keys), split(values), attn_mask=read)
+        return q + self.attn.out_proj(out.transpose(1, 2).reshape(keys.shape[0], -1, width))
 
 
 class MaskedModalityProjection(nn.Module):
@@ -110,28 +137,28 @@ class MaskedModalityProjection(nn.Module):
             [nn.Sequential(LayerNorm(inner), nn.Linear(inner, hidden), nn.GELU(), nn.Linear(hidden, width)) for _ in range(count)]
         )
 
-    def forward(self, tokens: list[Tensor], available: Tensor, target: int, context: list[Tensor] | None = None,
-                context_present: list[Tensor] | None = None) -> Tensor:
+    def gatherer(self, j: int) -> CrossAttention:
+        """The cross-attention through which modality ``j``'s aggregates gather its tokens."""
+        return cast(CrossAttention, self.gather[j])
+
+    def forward(self, tokens: list[Tensor], available: Tensor, target: int) -> Tensor:
         """T' (B, N, width) of modality ``target`` from the others' tokens ``tokens`` (M of (B, N, width)).
 
-        Rows where an other modality is unavailable get a zero slot for it in the MLP input. The
-        aggregates gather from ``tokens``, or from ``context`` (M of (B, N_ctx, width)) where given,
-        reading only the context tokens ``context_present`` (M of (B, N_ctx) bool) marks: the dense path
-        projects a pixel's token (N = 1) from the patch of tokens around it.
+        Rows where an other modality is unavailable get a zero slot for it in the MLP input.
         """
-        batch = tokens[0].shape[0]
+        batch = available.shape[0]
+        gathered = [None if j == target else self.gather[j](self.aggregates[j].to(t_j.dtype).expand(batch, -1, -1), t_j)
+                    for j, t_j in enumerate(tokens)]
+        return self.project(tokens, available, target, gathered)
+
+    def project(self, tokens: list[Tensor], available: Tensor, target: int, gathered: list[Tensor | None]) -> Tensor:
+        """T' of ``target`` from each other modality's tokens and its aggregates ``gathered[j]`` (B, A, width)."""
         slots = []
         for j, t_j in enumerate(tokens):
-            if j == target:
+            agg_j = gathered[j]
+            if j == target or agg_j is None:
                 continue
-            keys, ignore = t_j, None
-            if context is not None:
-                keys = context[j]
-                if context_present is not None:
-                    # a row without modality j gets a zero slot below: it reads every key, so no row reads none
-                    ignore = ~context_present[j] & available[:, j : j + 1]
-            agg_j = self.gather[j](self.aggregates[j].to(t_j.dtype).expand(batch, -1, -1), keys, ignore)
-            agg_i = self.aggregates[target].to(t_j.dtype).expand(batch, -1, -1)
+            agg_i = self.aggregates[target].to(t_j.dtype).expand(agg_j.shape[0], -1, -1)
             t_ij = self.pair_attention[f"{target}_{j}"](agg_i, agg_j)
             t_att = self.token_attention[f"{target}_{j}"](t_j, t_ij)
             present = available[:, j].view(-1, 1, 1)
@@ -147,27 +174,41 @@ class MaskedModalityProjection(nn.Module):
         projection of the centre of a patch around the pixel, with the patch's missing pixels left out.
         Returns the tokens and ``replaced`` (B, H, W, M), where T' stands in.
         """
+        count_m = tokens.shape[3]
         side = 2 * radius + 1
-        padded = nn.functional.pad(tokens, (0, 0, 0, 0, radius, radius, radius, radius))
+        replaced = ~present & present.any(dim=-1, keepdim=True)
+        wanted = [j for j in range(count_m) if bool((replaced.any(dim=-1) & present[..., j]).any())]
+        # each source modality's keys and values once per canvas pixel, for the neighbourhoods to read
+        keys_values = {j: [nn.functional.pad(x, (0, 0, radius, radius, radius, radius))
+                           for x in self.gatherer(j).keys_values(tokens[..., j, :])] for j in wanted}
         padded_present = nn.functional.pad(present, (0, 0, radius, radius, radius, radius), value=False)
         step = torch.arange(side, device=tokens.device)
         offsets_r = step.repeat_interleave(side).view(1, -1)
         offsets_c = step.repeat(side).view(1, -1)
-        replaced = ~present & present.any(dim=-1, keepdim=True)
         out = tokens
-        for i in range(tokens.shape[3]):
+        for i in range(count_m):
             b, r, c = replaced[..., i].nonzero(as_tuple=True)
-            if b.numel() == 0:
-                continue
             count = b.numel()
+            if count == 0:
+                continue
             if count < ROW_STABLE_BATCH:  # repeat the first pixel: see ROW_STABLE_BATCH
                 b, r, c = (torch.cat([v, v[:1].expand(ROW_STABLE_BATCH - count)]) for v in (b, r, c))
             rows, cols, batch = r.view(-1, 1) + offsets_r, c.view(-1, 1) + offsets_c, b.view(-1, 1)
-            own = [tokens[b, r, c, j].unsqueeze(1) for j in range(tokens.shape[3])]
-            context = [padded[batch, rows, cols, j] for j in range(tokens.shape[3])]  # (n, side^2, width)
-            context_present = [padded_present[batch, rows, cols, j] for j in range(tokens.shape[3])]
+            here = present[b, r, c]
+            own: list[Tensor] = []
+            gathered: list[Tensor | None] = []
+            for j in range(count_m):
+                own.append(tokens[b, r, c, j].unsqueeze(1) if j != i else tokens.new_empty(0))
+                if j == i or j not in keys_values:
+                    gathered.append(None)
+                    continue
+                keys, values = (x[batch, rows, cols] for x in keys_values[j])  # (n, side^2, width)
+                # a row without modality j gets a zero slot: it reads every key, so no row reads none
+                ignore = ~padded_present[batch, rows, cols, j] & here[:, j : j + 1]
+                with sdpa_kernel(SDPBackend.MATH):
+                    gathered.append(self.gatherer(j).attend(self.aggregates[j].to(tokens.dtype)[None], keys, values, ignore))
             with sdpa_kernel(SDPBackend.MATH):
-                projected = self(own, present[b, r, c], i, context, context_present)[:count, 0].to(tokens.dtype)
+                projected = self.project(own, here, i, gathered)[:count, 0].to(tokens.dtype)
             out = out.index_put((b[:count], r[:count], c[:count], torch.full_like(b[:count], i)), projected)
         return out, replaced
 
