@@ -148,6 +148,7 @@ def load_checkpoint(
         model_config = ModelConfig.from_dict({**model_config.to_dict(), "params": {**model_config.params, **geometry}})
     with skip_pretrained_weights():
         model = build_model(model_config)
+    state = {**state, **dense_weights_it_predates(model.state_dict(), state)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -174,6 +175,19 @@ def saved_dense_geometry(state: dict[str, torch.Tensor], params: dict[str, Any])
         conv = state.get("projection.local.0.weight")
         found["local_kernel"] = int(conv.shape[-1]) if conv is not None else 0
     return found
+
+
+def dense_weights_it_predates(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dense path's weights of ``own`` (a built model's state) that a checkpoint saved before its method had it lacks.
+
+    MMP gained the dense path on 2026-12-07: its checkpoints from before have no window position
+    embedding or local convolutions. They keep their initial values (a patch-trained checkpoint maps
+    on patches and never reads them); any other missing weight still fails the strict load.
+    """
+    if "projection.window_position" in state:
+        return {}
+    dense_only = {k: v for k, v in own.items() if k == "projection.window_position" or k.startswith("projection.local.")}
+    return dense_only if all(k not in state for k in dense_only) else {}
 
 
 def check_compatible(

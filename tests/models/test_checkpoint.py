@@ -135,6 +135,30 @@ def test_a_checkpoint_trained_under_former_dense_defaults_still_loads(method, tm
     assert torch.equal(loaded(inputs, available), model(inputs, available))
 
 
+def test_an_mmp_checkpoint_from_before_its_dense_path_still_loads(tmp_path, make_config, make_batch):
+    # MMP's checkpoints saved before it had the dense path lack the window positions and local convolutions
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    config = make_config("mmp", THREE)
+    model = build_model(config).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    weights = path / "model.safetensors"
+    state = load_file(str(weights))
+    old = {k: v for k, v in state.items() if k != "projection.window_position" and not k.startswith("projection.local.")}
+    assert len(old) < len(state)
+    save_file(old, str(weights))
+    loaded, _ = load_checkpoint(path)
+    inputs = make_batch(config)
+    available = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 1, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs, available), model(inputs, available))
+    # any other weight missing is still refused
+    save_file({k: v for k, v in old.items() if k != "head.weight"}, str(weights))
+    with pytest.raises(CheckpointFormatError, match="weights do not fit"):
+        load_checkpoint(path)
+
+
 def test_weights_of_another_model_are_refused(tmp_path, make_config):
     path = save_checkpoint(build_model(make_config("mamol")), tmp_path / "ckpt")
     other = save_checkpoint(build_model(make_config("baseline")), tmp_path / "other")
