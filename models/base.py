@@ -195,3 +195,18 @@ class MissingModalityClassifier(nn.Module):
                 )
         if available.dtype != torch.bool or available.dim() != 2 or available.shape[1] != len(cfg.modalities):
             raise ValueError(f"available must be a bool tensor (B, {len(cfg.modalities)}), got {available.dtype} {tuple(available.shape)}")
+
+    def check_dense_inputs(self, inputs: dict[str, Tensor], available: Tensor) -> None:
+        cfg = self.config
+        missing = [m for m in cfg.modalities if m not in inputs]
+        if missing:
+            raise ValueError(f"inputs lack modalities {missing}; the model expects {cfg.modalities}")
+        if available.dtype != torch.bool or available.dim() != 4 or available.shape[1] != len(cfg.modalities):
+            raise ValueError(
+                f"available must be a bool tensor (B, {len(cfg.modalities)}, H, W), got {available.dtype} {tuple(available.shape)}"
+            )
+        b, _, h, w = available.shape
+        for name, bands in zip(cfg.modalities, cfg.bands):
+            shape = tuple(inputs[name].shape)
+            if shape != (b, bands, h, w):
+                raise ValueError(f"modality {name!r}: expected a tensor {(b, bands, h, w)}, got {shape}")

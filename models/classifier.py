@@ -187,21 +187,6 @@ class PatchTransformerClassifier(MissingModalityClassifier):
             x = x[:, margin : h - margin, margin : w - margin]
         return self.backbone.ln_post(x).permute(0, 3, 4, 1, 2)
 
-    def check_dense_inputs(self, inputs: dict[str, Tensor], available: Tensor) -> None:
-        cfg = self.config
-        missing = [m for m in cfg.modalities if m not in inputs]
-        if missing:
-            raise ValueError(f"inputs lack modalities {missing}; the model expects {cfg.modalities}")
-        if available.dtype != torch.bool or available.dim() != 4 or available.shape[1] != len(cfg.modalities):
-            raise ValueError(
-                f"available must be a bool tensor (B, {len(cfg.modalities)}, H, W), got {available.dtype} {tuple(available.shape)}"
-            )
-        b, _, h, w = available.shape
-        for name, bands in zip(cfg.modalities, cfg.bands):
-            shape = tuple(inputs[name].shape)
-            if shape != (b, bands, h, w):
-                raise ValueError(f"modality {name!r}: expected a tensor {(b, bands, h, w)}, got {shape}")
-
     def run_block(self, index: int, block: ResidualAttentionBlock, x: Tensor, context: Any) -> Tensor:
         """One backbone block; methods that adapt blocks override this."""
         return block(x)

@@ -82,6 +82,7 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
+from models import dense
 from models.backbone import (
     CLIP_MODEL,
     Backbone,
@@ -91,7 +92,7 @@ from models.backbone import (
 from models.base import MissingModalityClassifier, ModelConfig, freezes_backbone
 from models.classifier import resolve_params
 from models.pretraining import is_pretrained_backbone
-from models.projection import ModalityProjection, zero_where_missing
+from models.projection import LOCAL_KERNEL, ModalityProjection, zero_where_missing
 from models.registry import register
 from models.text import class_texts, encode_texts, text_feature_dim
 
@@ -114,6 +115,8 @@ LVPCNET_PARAMS: dict[str, Any] = {
     "align_ce": "all",
     "prompt_trains_head": False,
     "quick_gelu": None,
+    "window_size": 2,
+    "local_kernel": 5,
 }
 
 
@@ -150,11 +153,27 @@ class LVPCFeatures(NamedTuple):
     compensated: Tensor
 
 
+class DenseLVPCFeatures(NamedTuple):
+    """One dense forward pass over crops, per pixel of the crops' interior (H', W'): logits (B, K, H', W'); shared
+    (M, B, H', W', width) and specific (B, M, H', W', width) features, each a mean over the pixel's P x P neighbourhood,
+    float32; compensated (B, M, H', W'): where the specific feature is the prompted one; available (B, M, H', W')."""
+
+    logits: Tensor
+    shared: Tensor
+    specific: Tensor
+    compensated: Tensor
+    available: Tensor
+
+
 @register("lvpcnet")
 class LVPCNet(MissingModalityClassifier):
     """Shared and specific encoders aligned with class language features; prompt compensation of missing modalities."""
 
     default_params = LVPCNET_PARAMS
+    supports_dense = True
+    param_rules = {"window_size": dense.WINDOW_SIZE, "local_kernel": LOCAL_KERNEL}
+    dense_chunk_tokens: int = 8192
+    """Tokens per call of a block on the dense path (whole windows); a speed knob only: results do not depend on it."""
     # buffers and containers, typed for the checker (nn.Module's attribute lookup is untyped)
     text_shared: Tensor
     text_specific: Tensor
@@ -178,7 +197,9 @@ class LVPCNet(MissingModalityClassifier):
             raise ValueError(f"align_ce must be 'complete' or 'all', got {p['align_ce']!r}")
         names = list(config.modalities)
         self.width = width
-        self.projection = ModalityProjection(names, config.bands, config.patch_size, width, "zero")
+        self.window_size = dense.check_window_size(int(p["window_size"]))
+        self.projection = ModalityProjection(names, config.bands, config.patch_size, width, "zero", self.window_size,
+                                             int(p["local_kernel"]))
         self.shared = PromptedEncoder(backbone, layers)
         self.specific = nn.ModuleDict({name: PromptedEncoder(backbone, layers) for name in names})
         self.head = nn.Linear((1 + len(names)) * width, config.num_classes)
@@ -298,6 +319,140 @@ class LVPCNet(MissingModalityClassifier):
         tokens = proj.band_maps[name](mapped.flatten(2).transpose(1, 2)) + proj.position + proj.modality[target]
         return self.specific[name](tokens, self.prompts[name])
 
+    # -- dense path (models.dense) ------------------------------------------------------
+    @property
+    def readout_radius(self) -> int:
+        """Pixels each dense feature averages over on each side: a patch's tokens, P // 2."""
+        return self.config.patch_size // 2
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels around a pixel that its dense logits can depend on: the encoders' windows, the readout, the token
+        embedding's local convolution and the compensation convolutions."""
+        blocks = dense.receptive_radius(len(self.shared.blocks), self.window_size)
+        return blocks + self.readout_radius + self.projection.local_kernel // 2 + int(self.params["conv_kernel"]) // 2
+
+    def forward_dense(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None,
+                      margin: int = 0) -> Tensor:
+        """Logits (B, K, H - 2 margin, W - 2 margin) for the pixels of crops (B, C_m, H, W); see ``models.dense``."""
+        return self.dense_outputs(inputs, available, origin, margin).logits
+
+    def dense_outputs(self, inputs: dict[str, Tensor], available: Tensor, origin: Tensor | None = None, margin: int = 0,
+                      compensate: bool = True) -> DenseLVPCFeatures:
+        """The dense path's :meth:`features`: every encoder runs on one modality's canvas tokens in windows.
+
+        A pixel's shared and specific features are its encoders' outputs averaged over its P x P
+        neighbourhood (a patch's tokens, ``patch_mean``); the head reads them as on the patch path, the
+        shared ones averaged over the modalities the pixel has. Where the pixel misses a modality (and
+        ``compensate``), its specific feature is that of the prompted specific encoder on the modality
+        compensated from the others: their crops through the compensation convolutions, tokenised as it.
+        """
+        self.check_dense_inputs(inputs, available)
+        b, _, h, w = available.shape
+        dense.check_margin(margin, h, w)
+        k = self.readout_radius
+        inner = max(0, margin - k)  # the readout reads k pixels past each wanted one
+        canvas = dense.plan_canvas(origin, b, h, w, self.window_size)
+        names = self.config.modalities
+        inputs = {name: torch.where(available[:, i : i + 1], inputs[name], torch.zeros((), dtype=inputs[name].dtype))
+                  for i, name in enumerate(names)}
+        tokens = self.projection.dense(inputs, available, canvas)  # (B, Hc, Wc, M, width)
+        cut = margin - inner
+        shared, specific, compensated = [], [], []
+        here = available[:, :, margin : h - margin, margin : w - margin]
+        for i, name in enumerate(names):
+            encoder = cast(PromptedEncoder, self.specific[name])
+            shared.append(self._pooled(self._encode_dense(self.shared, tokens[:, :, :, i], canvas, inner), cut))
+            own = self._pooled(self._encode_dense(encoder, tokens[:, :, :, i], canvas, inner), cut)
+            replaced = ~here[:, i] & here.any(dim=1) if compensate else torch.zeros_like(here[:, i])
+            if bool(replaced.any()):
+                mapped = self._compensated_tokens(i, inputs, available, canvas)
+                prompted = self._pooled(self._encode_dense(encoder, mapped, canvas, inner, self.prompts[name]), cut)
+                own = torch.where(replaced[..., None], prompted, own)
+            specific.append(own)
+            compensated.append(replaced)
+        shared_t = torch.stack(shared)  # (M, B, H', W', width)
+        weights = here.permute(1, 0, 2, 3).float().unsqueeze(-1)
+        shared_mean = (shared_t * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1.0)
+        specific_t = torch.stack(specific, dim=1)  # (B, M, H', W', width)
+        features = torch.cat([shared_mean, specific_t.permute(0, 2, 3, 1, 4).flatten(3)], dim=-1)
+        logits = self.head(features).permute(0, 3, 1, 2)
+        return DenseLVPCFeatures(logits, shared_t, specific_t, torch.stack(compensated, dim=1), here)
+
+    def _pooled(self, features: Tensor, cut: int) -> Tensor:
+        """Features (B, H, W, width) averaged over each pixel's P x P neighbourhood inside the crop, ``cut`` px trimmed."""
+        k = self.readout_radius
+        x = features.float().permute(0, 3, 1, 2)
+        if k:
+            size = 2 * k + 1
+            x = nn.functional.avg_pool2d(x, (size, 1), stride=1, padding=(k, 0), count_include_pad=False)
+            x = nn.functional.avg_pool2d(x, (1, size), stride=1, padding=(0, k), count_include_pad=False)
+        h, w = x.shape[-2:]
+        return x[:, :, cut : h - cut, cut : w - cut].permute(0, 2, 3, 1)
+
+    def _encode_dense(self, encoder: PromptedEncoder, tokens: Tensor, canvas: dense.Canvas, margin: int,
+                      prompts: Tensor | None = None) -> Tensor:
+        """Per-pixel outputs (B, H - 2 margin, W - 2 margin, width) of ``encoder`` on one modality's canvas tokens
+        (B, Hc, Wc, width), its blocks on windows (shifted in odd blocks). With ``prompts`` (depth, length, width),
+        each of the first ``depth`` blocks sees the prompt tokens before each window's tokens (deep VPT, per
+        window) and passes on the window's tokens only."""
+        x = encoder.ln_pre(tokens).unsqueeze(3)  # (B, Hc, Wc, 1, width)
+
+        def run_block(index: int, block: nn.Module, seq: Tensor, _context: Any) -> Tensor:
+            if prompts is None or index >= prompts.shape[0]:
+                return cast(Tensor, block(seq))
+            prompt = prompts[index].to(seq.dtype).expand(seq.shape[0], -1, -1)
+            return cast(Tensor, block(torch.cat([prompt, seq], dim=1)))[:, prompts.shape[1] :]
+
+        x = dense.run_windowed_blocks(x, None, canvas, margin, self.window_size, encoder.blocks, run_block,
+                                      lambda _pattern: None, self.dense_chunk_tokens)
+        x = dense.crop(x, canvas)[:, :, :, 0]  # (B, H, W, width)
+        h, w = x.shape[1:3]
+        if margin:
+            x = x[:, margin : h - margin, margin : w - margin]
+        return cast(Tensor, encoder.ln_post(x))
+
+    def _compensated_tokens(self, target: int, inputs: dict[str, Tensor], available: Tensor, canvas: dense.Canvas) -> Tensor:
+        """Canvas tokens (B, Hc, Wc, width) of modality ``target`` compensated from the others, at every pixel with one.
+
+        Each other modality's crop (zero where missing) through its compensation convolution, the mean
+        over those the pixel has, tokenised as ``target`` (as :meth:`compensate` does a patch).
+        """
+        names = self.config.modalities
+        name = names[target]
+        mapped: Tensor | None = None
+        count = torch.zeros_like(available[:, :1], dtype=torch.float32)
+        for j, source in enumerate(names):
+            if j == target:
+                continue
+            present = available[:, j : j + 1]
+            out = cast(nn.ModuleDict, self.convs[name])[source](inputs[source])
+            out = torch.where(present, out, torch.zeros((), dtype=out.dtype))
+            mapped = out if mapped is None else mapped + out
+            count = count + present.float()
+        assert mapped is not None
+        mapped = mapped / count.clamp(min=1.0).to(mapped.dtype)
+        return self.projection.dense_modality(target, mapped, count > 0, canvas)
+
+    def dense_training_patterns(self, patterns: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Stage ``prompt`` drops one modality of every region with two or more, as :meth:`training_availability`
+        does a sample; stage ``align`` keeps the protocol's patterns."""
+        return self.training_availability(patterns, generator)
+
+    def dense_training_loss(self, inputs: dict[str, Tensor], available: Tensor, real: Tensor, targets: Tensor,
+                            origin: Tensor | None, margin: int, stage: str) -> dict[str, Tensor]:
+        """:meth:`training_loss` over the labelled pixels of dense crops (``targets`` -1 elsewhere)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown training stage {stage!r}; LVPCnet has stages {list(STAGES)}")
+        out = self.dense_outputs(inputs, available, origin, margin, compensate=stage == "prompt")
+        labelled = targets >= 0  # (B, H', W')
+        logits = out.logits.permute(0, 2, 3, 1)[labelled]
+        here = out.available.permute(0, 2, 3, 1)[labelled]  # (N, M)
+        shared = out.shared.permute(1, 2, 3, 0, 4)[labelled]  # (N, M, width)
+        specific = out.specific.permute(0, 2, 3, 1, 4)[labelled]
+        compensated = out.compensated.permute(0, 2, 3, 1)[labelled]
+        return self._losses(logits, targets[labelled], here, shared.transpose(0, 1), specific, compensated, stage)
+
     # -- training hooks ------------------------------------------------------------
     def stages(self) -> list[str]:
         return list(STAGES)
@@ -337,27 +492,33 @@ class LVPCNet(MissingModalityClassifier):
         if stage not in STAGES:
             raise ValueError(f"unknown training stage {stage!r}; LVPCnet has stages {list(STAGES)}")
         out = self.features(inputs, available, compensate=stage == "prompt")
+        return self._losses(out.logits, targets, available, out.shared, out.specific, out.compensated, stage)
+
+    def _losses(self, logits: Tensor, targets: Tensor, available: Tensor, shared: Tensor, specific: Tensor,
+                compensated: Tensor, stage: str) -> dict[str, Tensor]:
+        """Cross-entropy and the class-text contrastive losses of ``stage``, on N samples: ``logits`` (N, K),
+        ``available`` and ``compensated`` (N, M), ``shared`` (M, N, width), ``specific`` (N, M, width)."""
         temperature = float(self.params["temperature"])
         align_terms: list[Tensor] = []
         if stage == "align":
             labelled = available.all(dim=1) if self.params["align_ce"] == "complete" else available.any(dim=1)
             ce = (
-                nn.functional.cross_entropy(out.logits[labelled], targets[labelled])
-                if bool(labelled.any()) else out.logits.new_zeros((), dtype=torch.float32)
+                nn.functional.cross_entropy(logits[labelled], targets[labelled])
+                if bool(labelled.any()) else logits.new_zeros((), dtype=torch.float32)
             )
             for i, name in enumerate(self.config.modalities):
                 rows = available[:, i]
                 if bool(rows.any()):
-                    shared = self.shared_to_text(out.shared[i][rows])
-                    own = self.specific_to_text[name](out.specific[rows, i])
-                    align_terms.append(class_text_contrastive(shared, self.text_shared, targets[rows], temperature))
+                    shared_text = self.shared_to_text(shared[i][rows])
+                    own = self.specific_to_text[name](specific[rows, i])
+                    align_terms.append(class_text_contrastive(shared_text, self.text_shared, targets[rows], temperature))
                     align_terms.append(class_text_contrastive(own, self.text_specific[i], targets[rows], temperature))
         else:
-            ce = nn.functional.cross_entropy(out.logits, targets)
+            ce = nn.functional.cross_entropy(logits, targets)
             for i, name in enumerate(self.config.modalities):
-                rows = out.compensated[:, i]
+                rows = compensated[:, i]
                 if bool(rows.any()):
-                    own = self.specific_to_text[name](out.specific[rows, i])
+                    own = self.specific_to_text[name](specific[rows, i])
                     align_terms.append(class_text_contrastive(own, self.text_specific[i], targets[rows], temperature))
         align = torch.stack(align_terms).mean() if align_terms else ce.new_zeros(())
         loss = ce.float() + float(self.params["align_weight"]) * align

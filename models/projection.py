@@ -117,23 +117,31 @@ class ModalityProjection(nn.Module):
         """
         if self.window_size is None:
             raise ValueError("this projection has no window_size: the model does not support the dense path")
-        w = self.window_size
         present = place(available, canvas, False)  # (B, M, Hc, Wc)
+        groups = [self.dense_modality(i, inputs[name], available[:, i : i + 1], canvas, present[:, i])
+                  for i, name in enumerate(self.modalities)]
+        return torch.stack(groups, dim=3)
+
+    def dense_modality(self, index: int, x: Tensor, here: Tensor, canvas: Canvas, present: Tensor | None = None) -> Tensor:
+        """Tokens (B, canvas H, canvas W, width) of modality ``index`` from crops ``x`` (B, C, H, W) present where ``here``
+        (B, 1, H, W) says; ``present`` is ``here`` placed on the canvas (computed when not given)."""
+        if self.window_size is None:
+            raise ValueError("this projection has no window_size: the model does not support the dense path")
+        w = self.window_size
+        if present is None:
+            present = place(here, canvas, False)[:, 0]
         reps = (canvas.height // w, canvas.width // w)
         position = self.window_position.view(w, w, -1).repeat(*reps, 1)  # (Hc, Wc, width), canvas starts on the grid
-        groups = []
-        for i, name in enumerate(self.modalities):
-            here = available[:, i : i + 1]
-            x = place(torch.where(here, inputs[name], torch.zeros((), dtype=inputs[name].dtype)), canvas)
-            tokens = self.band_maps[name](x.permute(0, 2, 3, 1))  # (B, Hc, Wc, width)
-            if self.local_kernel:
-                # neighbours' tokens only where their pixel has the modality: a missing pixel adds nothing
-                mapped = torch.where(present[:, i, :, :, None], tokens, tokens.new_zeros(())).permute(0, 3, 1, 2)
-                tokens = tokens + self.local[i](mapped).permute(0, 2, 3, 1)
-            tokens = tokens + position + self.modality[i]
-            if self.missing_tokens == "dummy":
-                fill = self.dummy[i, self.tokens_per_modality // 2].to(tokens.dtype)
-            else:
-                fill = tokens.new_zeros(())
-            groups.append(torch.where(present[:, i, :, :, None], tokens, fill))
-        return torch.stack(groups, dim=3)
+        name = self.modalities[index]
+        x = place(torch.where(here, x, torch.zeros((), dtype=x.dtype)), canvas)
+        tokens = self.band_maps[name](x.permute(0, 2, 3, 1))  # (B, Hc, Wc, width)
+        if self.local_kernel:
+            # neighbours' tokens only where their pixel has the modality: a missing pixel adds nothing
+            mapped = torch.where(present[:, :, :, None], tokens, tokens.new_zeros(())).permute(0, 3, 1, 2)
+            tokens = tokens + self.local[index](mapped).permute(0, 2, 3, 1)
+        tokens = tokens + position + self.modality[index]
+        if self.missing_tokens == "dummy":
+            fill = self.dummy[index, self.tokens_per_modality // 2].to(tokens.dtype)
+        else:
+            fill = tokens.new_zeros(())
+        return torch.where(present[:, :, :, None], tokens, fill)

@@ -13,7 +13,7 @@ from models.classifier import PatchTransformerClassifier
 from models.dense import block_shift, needed_windows, place, plan_canvas, receptive_radius
 from models.projection import ModalityProjection
 
-DENSE_METHODS = ["baseline", "mamol", "mmp"]
+DENSE_METHODS = ["baseline", "mamol", "mmp", "lvpcnet"]
 PLAIN_TOKEN_METHODS = ["baseline", "mamol"]
 """Dense methods whose missing tokens are the plain missing token (MMP projects them: tests/models/test_mmp.py)."""
 
@@ -21,8 +21,8 @@ PLAIN_TOKEN_METHODS = ["baseline", "mamol"]
 def _model(make_config, method: str, **params) -> PatchTransformerClassifier:
     torch.manual_seed(0)
     model = build_model(make_config(method, **params)).eval()
-    assert isinstance(model, PatchTransformerClassifier)
-    return model
+    assert model.supports_dense
+    return model  # type: ignore[return-value]  # LVPCnet has the dense interface without the shared classifier
 
 
 def _crop(model: MissingModalityClassifier, height: int, width: int, seed: int = 0, batch: int = 1):
@@ -165,15 +165,18 @@ def test_missing_tokens_cannot_leak_nan(make_config, method: str) -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_methods_without_the_mechanism_keep_the_patch_path(make_config) -> None:
-    for method in ("lvpcnet",):
-        model = build_model(make_config(method))
-        assert not model.supports_dense
-        inputs, available = _crop(model, 8, 8)
-        with pytest.raises(NotImplementedError, match="dense"):
-            model.forward_dense(inputs, available)
-    for method in DENSE_METHODS:
-        assert build_model(make_config(method)).supports_dense
+def test_every_method_has_the_dense_path_and_one_without_it_says_so(make_config) -> None:
+    from models.registry import available_methods
+
+    assert sorted(available_methods()) == sorted(DENSE_METHODS)
+    assert all(build_model(make_config(method)).supports_dense for method in DENSE_METHODS)
+    patch_only = MissingModalityClassifier(make_config("baseline"))  # the interface's defaults: no dense path
+    assert not patch_only.supports_dense
+    inputs, available = _crop(_model(make_config, "baseline"), 8, 8)
+    with pytest.raises(NotImplementedError, match="dense"):
+        patch_only.forward_dense(inputs, available)
+    with pytest.raises(NotImplementedError, match="dense"):
+        _ = patch_only.receptive_radius
 
 
 def test_window_size_must_be_even(make_config) -> None:
@@ -294,6 +297,9 @@ def test_with_a_local_kernel_a_tile_with_its_halo_still_gives_the_scene_logits(m
     model = _with_local_kernel(make_config, method, 5)
     radius = model.receptive_radius
     inputs, available = _crop(model, 60, 70, seed=6)
+    # a LiDAR gap with HS over and around the tile: LVPCnet's compensation convolutions, the farthest reach, run there
+    available[:, 0, 5:55, 10:60] = True
+    available[:, 1, 5:55, 10:60] = False
     r0, c0, h, w = 27, 33, 7, 5
     sl = (slice(None), slice(None), slice(r0 - radius, r0 + h + radius), slice(c0 - radius, c0 + w + radius))
     with torch.no_grad():

@@ -221,3 +221,66 @@ def test_checkpoint_holds_the_language_features(model, tmp_path, caplog):
 def test_text_weights_only_for_the_clip_preset():
     with pytest.raises(ValueError, match="no pretrained weights"):
         build_model(lvpc_config(text_preset="tiny", text_pretrained="/nonexistent/clip.safetensors"))
+
+
+# -- the dense path ---------------------------------------------------------------------------------------
+
+
+def dense_crop(config: ModelConfig, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(2, c, height, width, generator=g) for name, c in zip(config.modalities, config.bands)}
+
+
+def test_dense_compensation_is_used_exactly_where_a_pixel_misses_a_modality(model):
+    model.eval()
+    inputs = dense_crop(model.config, 12, 14)
+    available = torch.ones(2, 2, 12, 14, dtype=torch.bool)
+    available[0, 1, 3:9, 2:10] = False  # a LiDAR gap
+    available[1, 0, :, :5] = False  # clouds over the HS
+    available[1, :, 10:, 10:] = False  # nothing at all: nothing to compensate from
+    with torch.no_grad():
+        out = model.dense_outputs(inputs, available)
+        plain = model.dense_outputs(inputs, available, compensate=False)
+        saved = model.prompts["lidar"].detach().clone()
+        model.prompts["lidar"].add_(torch.randn(saved.shape, generator=torch.Generator().manual_seed(0)))
+        shifted = model.dense_outputs(inputs, available)
+        model.prompts["lidar"].copy_(saved)
+    assert out.logits.shape == (2, 6, 12, 14)
+    expected = ~available & available.any(dim=1, keepdim=True)
+    assert torch.equal(out.compensated, expected) and not plain.compensated.any()
+    gap = ~available[0, 1] & available[0, 0]
+    # LiDAR's specific feature: the prompted encoder's in the gap (its prompts matter there), the plain one elsewhere
+    assert not torch.allclose(out.specific[0, 1][gap], shifted.specific[0, 1][gap])
+    assert torch.equal(out.specific[0, 1][~gap], shifted.specific[0, 1][~gap])
+    assert torch.equal(out.specific[0, 1][~gap], plain.specific[0, 1][~gap])
+    assert torch.equal(out.specific[0, 0], plain.specific[0, 0])  # HS is never compensated in crop 0
+    # the head reads the shared features averaged over the modalities each pixel has, and every specific feature
+    weights = available.permute(1, 0, 2, 3).float().unsqueeze(-1)  # (M, B, H, W, 1)
+    shared = (out.shared * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1.0)
+    features = torch.cat([shared, out.specific.permute(0, 2, 3, 1, 4).flatten(3)], dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model.head(features).permute(0, 3, 1, 2))
+
+
+def test_the_dense_losses_follow_the_two_stages():
+    torch.manual_seed(0)
+    model = build_model(lvpc_config())
+    inputs = dense_crop(model.config, 10, 10, seed=1)
+    real = torch.ones(2, 2, 10, 10, dtype=torch.bool)
+    targets = torch.full((2, 10, 10), -1)
+    targets[:, 2:8:2, 2:8:2] = torch.arange(9).view(3, 3) % 6
+    model.configure_stage("align")
+    parts = model.dense_training_loss(inputs, real, real, targets, None, 0, "align")
+    assert parts["align"] > 0 and torch.isclose(parts["loss"], parts["ce"] + parts["align"])
+    # stage prompt: every region with both modalities loses one, and only the compensation learns
+    model.configure_stage("prompt")
+    regions = model.dense_training_patterns(torch.ones(300, 2, dtype=torch.bool), torch.Generator().manual_seed(0))
+    assert torch.equal(regions.sum(dim=1), torch.ones(300, dtype=torch.long))
+    shown = real.clone()
+    shown[:, 1, :, 5:] = False  # LiDAR withheld over the right half
+    model.zero_grad(set_to_none=True)
+    parts = model.dense_training_loss(inputs, shown, real, targets, None, 0, "prompt")
+    parts["loss"].backward()
+    trained = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(name.startswith(("prompts.", "convs.")) for name in trained), trained
+    assert "prompts.lidar" in trained and parts["align"] > 0

@@ -165,6 +165,21 @@ def test_mmp_trains_densely_its_projection_included_and_repeats_with_the_seed(de
         assert not torch.equal(first[name], untrained[name]), name
 
 
+@pytest.mark.slow
+def test_lvpcnet_trains_both_stages_densely_and_repeats_with_the_seed(demo_catalog: Catalog) -> None:
+    from models import build_model
+
+    data = prepare_training_data(demo_catalog, demo_catalog.scenes[0], 0)
+    first = _fit(demo_catalog, data, data.split, method="lvpcnet")
+    again = _fit(demo_catalog, data, data.split, method="lvpcnet")
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
+    torch.manual_seed(0)
+    untrained = build_model(model_config_for(demo_catalog, demo_catalog.scenes[0], data.ds, "lvpcnet")).state_dict()
+    # stage align trained the encoders and the head, stage prompt the prompts and the compensation convolutions
+    for name in ("shared.blocks.0.mlp.c_fc.weight", "head.weight", "prompts.lidar", "convs.lidar.hs.weight"):
+        assert not torch.equal(first[name], untrained[name]), name
+
+
 def test_the_schedule_runs_every_epoch_and_ends_at_zero_whatever_cells_the_epochs_draw(demo_catalog: Catalog) -> None:
     from models import build_model
 
@@ -217,21 +232,20 @@ def test_auto_trains_densely_only_the_methods_whose_dense_path_held_accuracy() -
 
     mamol, baseline, mmp = method_class("mamol"), method_class("baseline"), method_class("mmp")
     lvpcnet = method_class("lvpcnet")
+    patch_only = type("PatchOnly", (mmp,), {"supports_dense": False})  # a method without the dense path
     # MaMOL's dense path held the patch path's accuracy (docs/accuracy.md): auto trains it densely; the baseline's
-    # dense accuracy trained whole is not measured row by row, so auto keeps it on patches; MMP's dense path is asked
-    # for by name; LVPCnet has none
+    # dense accuracy trained whole is not measured row by row, so auto keeps it on patches, as MMP and LVPCnet
     assert trains_dense("auto", mamol, frozen=False) and not trains_dense("auto", baseline, frozen=False)
-    assert not trains_dense("auto", mmp, frozen=False)
+    assert not trains_dense("auto", mmp, frozen=False) and not trains_dense("auto", lvpcnet, frozen=False)
     # probing a frozen backbone the baseline's dense path held it: auto trains the probe densely
     assert trains_dense("auto", baseline, frozen=True) and trains_dense("auto", mamol, frozen=True)
-    assert not trains_dense("auto", lvpcnet, frozen=True)
-    assert not trains_dense("auto", type("NoDense", (lvpcnet,), {"frozen_dense_by_default": True}), frozen=True)
+    assert not trains_dense("auto", type("NoDense", (patch_only,), {"frozen_dense_by_default": True}), frozen=True)
     held = type("Held", (baseline,), {"dense_by_default": True})  # a method whose dense path would have held it
     assert trains_dense("auto", held, frozen=False)
-    assert not trains_dense("auto", type("NoDense", (lvpcnet,), {"dense_by_default": True}), frozen=False)
+    assert not trains_dense("auto", type("NoDense", (patch_only,), {"dense_by_default": True}), frozen=False)
     for frozen in (False, True):
-        assert all(trains_dense("dense", cls, frozen=frozen) for cls in (mamol, baseline, mmp))
-        assert not trains_dense("dense", lvpcnet, frozen=frozen)
+        assert all(trains_dense("dense", cls, frozen=frozen) for cls in (mamol, baseline, mmp, lvpcnet))
+        assert not trains_dense("dense", patch_only, frozen=frozen)
         assert not any(trains_dense("patch", cls, frozen=frozen) for cls in (mamol, baseline, mmp, lvpcnet, held))
 
 

@@ -111,8 +111,7 @@ def test_variant_paths_follow_the_methods_dense_support() -> None:
     assert variant_paths(mmp, "auto", frozen=True) == ["patch"]
     assert variant_paths(baseline, "both", frozen=True) == ["patch", "dense"]
     assert variant_paths(mmp, "dense", frozen=False) == ["dense"] and variant_paths(mmp, "both", frozen=False) == ["patch", "dense"]
-    # a method without a dense path runs once, on patches, whatever is asked
-    assert variant_paths(lvpcnet, "dense", frozen=False) == ["patch"] and variant_paths(lvpcnet, "both", frozen=True) == ["patch"]
+    assert variant_paths(lvpcnet, "dense", frozen=True) == ["dense"] and variant_paths(lvpcnet, "auto", frozen=True) == ["patch"]
     with pytest.raises(ValueError, match="inference must be one of"):
         variant_paths(baseline, "sparse", frozen=False)
 
