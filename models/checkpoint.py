@@ -180,8 +180,8 @@ def saved_dense_geometry(state: dict[str, torch.Tensor], params: dict[str, Any])
 def dense_weights_it_predates(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The dense path's weights of ``own`` (a built model's state) that a checkpoint saved before its method had it lacks.
 
-    MMP gained the dense path on 2026-12-07: its checkpoints from before have no window position
-    embedding or local convolutions. They keep their initial values (a patch-trained checkpoint maps
+    MMP and LVPCnet gained the dense path on 2026-12-07: their checkpoints from before have no window
+    position embedding or local convolutions. They keep their initial values (a patch-trained checkpoint maps
     on patches and never reads them); any other missing weight still fails the strict load.
     """
     if "projection.window_position" in state:

@@ -1,6 +1,6 @@
 """The dense path's window geometry: one token per pixel per modality, attention inside W x W windows.
 
-A method that supports it (``supports_dense``: the baseline, MaMOL and MMP) offers,
+A method that supports it (``supports_dense``: every registered method) offers,
 beside the patch forward::
 
     logits   = model.forward_dense(inputs, available, origin, margin)       # (B, K, H - 2 margin, W - 2 margin)

@@ -38,6 +38,16 @@ Two training stages (:meth:`stages`):
 At inference a missing modality's specific feature is the compensated one;
 the shared feature averages the available modalities only.
 
+The dense path (``models.dense``, :meth:`LVPCNet.dense_outputs`): each encoder
+runs on one modality's pixel tokens in W x W windows (shifted in odd blocks),
+a pixel's shared and specific features are the outputs averaged over its
+P x P neighbourhood, and a pixel missing a modality gets the specific feature
+of the prompted encoder on that modality compensated from the others (their
+crops through the compensation convolutions, tokenised as it). The prompts
+enter every window of each prompted block and leave after it (deep VPT per
+window; with ``prompt_depth`` below ``encoder_layers`` the patch path carries
+the last prompts' outputs through the remaining blocks, the dense path does not).
+
 ``config.params``:
     encoder_layers: blocks per encoder (default 4; at most the preset's depth).
     prompt_length: prompt tokens per prompted block (default 4).
@@ -71,6 +81,7 @@ the shared feature averages the available modalities only.
         blocks) frozen; default True when ``config.pretrained`` is set: then
         the tokenizer, heads, text projections, prompts and convs train.
     quick_gelu: force the blocks' activation (default: from the weights).
+    window_size, local_kernel: the dense path's windows and token convolution, as in ``models.classifier``.
 """
 
 from __future__ import annotations

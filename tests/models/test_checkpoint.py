@@ -135,12 +135,13 @@ def test_a_checkpoint_trained_under_former_dense_defaults_still_loads(method, tm
     assert torch.equal(loaded(inputs, available), model(inputs, available))
 
 
-def test_an_mmp_checkpoint_from_before_its_dense_path_still_loads(tmp_path, make_config, make_batch):
-    # MMP's checkpoints saved before it had the dense path lack the window positions and local convolutions
+@pytest.mark.parametrize("method", ["mmp", "lvpcnet"])
+def test_a_checkpoint_from_before_its_methods_dense_path_still_loads(method, tmp_path, make_config, make_batch):
+    # checkpoints saved before MMP and LVPCnet had the dense path lack the window positions and local convolutions
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
-    config = make_config("mmp", THREE)
+    config = make_config(method, THREE)
     model = build_model(config).eval()
     path = save_checkpoint(model, tmp_path / "ckpt")
     weights = path / "model.safetensors"
