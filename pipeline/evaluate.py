@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference", choices=("auto", "dense", "patch", "both"),
                         help="train and test on the dense or the patch path (default: the catalog's model.inference; "
                              "dense: dense for methods that have it; auto: dense where a method's dense path held its accuracy, "
-                             "MaMOL, and the baseline probing a frozen pretrained backbone, patches for the others; patch: patches); "
+                             "MaMOL, and the baseline and MMP on a frozen pretrained backbone, patches for the others; patch: patches); "
                              "both: each dense method on both, side by side")
     parser.add_argument("--no-pattern-sweep", action="store_true",
                         help="skip testing every test pixel under every pattern of the row (the row's expected OA and "

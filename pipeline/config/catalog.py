@@ -397,7 +397,7 @@ class Model(_Section):
     inference: Literal["auto", "dense", "patch"] = Field(
         default="auto", description="training and mapping path: 'dense' (crops in training, one pass per tile in "
         "mapping; every method), 'patch' (a patch per pixel), 'auto' (train on the method's default path: dense "
-        "for MaMOL and for the baseline probing a frozen pretrained backbone, patches for the others; map on the path "
+        "for MaMOL, and for the baseline and MMP on a frozen pretrained backbone, patches for the others; map on the path "
         "the checkpoint was trained on)")
 
     @property

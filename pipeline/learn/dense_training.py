@@ -84,8 +84,8 @@ def trains_dense(requested_inference: str, method: type[MissingModalityClassifie
 
     ``dense``: every method with the dense path; ``auto``: the methods whose dense path
     held the patch path's accuracy on every measured row (``dense_by_default``: MaMOL), and
-    with the backbone ``frozen`` those whose probe did (``frozen_dense_by_default``: the
-    baseline; docs/accuracy.md); ``patch``: none.
+    with the backbone ``frozen`` those whose dense path held it there (``frozen_dense_by_default``:
+    the baseline and MMP; docs/accuracy.md); ``patch``: none.
     """
     if requested_inference == "auto":
         return method.supports_dense and (method.dense_by_default or (frozen and method.frozen_dense_by_default))

@@ -237,8 +237,9 @@ def test_auto_trains_densely_only_the_methods_whose_dense_path_held_accuracy() -
     # dense accuracy trained whole is not measured row by row, so auto keeps it on patches, as MMP and LVPCnet
     assert trains_dense("auto", mamol, frozen=False) and not trains_dense("auto", baseline, frozen=False)
     assert not trains_dense("auto", mmp, frozen=False) and not trains_dense("auto", lvpcnet, frozen=False)
-    # probing a frozen backbone the baseline's dense path held it: auto trains the probe densely
+    # on a frozen backbone the baseline's (the probe's) and MMP's dense paths held it: auto trains them densely
     assert trains_dense("auto", baseline, frozen=True) and trains_dense("auto", mamol, frozen=True)
+    assert trains_dense("auto", mmp, frozen=True) and not trains_dense("auto", lvpcnet, frozen=True)
     assert not trains_dense("auto", type("NoDense", (patch_only,), {"frozen_dense_by_default": True}), frozen=True)
     held = type("Held", (baseline,), {"dense_by_default": True})  # a method whose dense path would have held it
     assert trains_dense("auto", held, frozen=False)

@@ -108,7 +108,7 @@ def test_variant_paths_follow_the_methods_dense_support() -> None:
     assert variant_paths(baseline, "auto", frozen=False) == ["patch"]  # trained whole, its dense accuracy is not measured
     assert variant_paths(baseline, "auto", frozen=True) == ["dense"]  # probing a frozen backbone it was ahead densely
     assert variant_paths(mamol, "auto", frozen=False) == ["dense"] and variant_paths(mamol, "patch", frozen=False) == ["patch"]
-    assert variant_paths(mmp, "auto", frozen=True) == ["patch"]
+    assert variant_paths(mmp, "auto", frozen=True) == ["dense"] and variant_paths(mmp, "auto", frozen=False) == ["patch"]
     assert variant_paths(baseline, "both", frozen=True) == ["patch", "dense"]
     assert variant_paths(mmp, "dense", frozen=False) == ["dense"] and variant_paths(mmp, "both", frozen=False) == ["patch", "dense"]
     assert variant_paths(lvpcnet, "dense", frozen=True) == ["dense"] and variant_paths(lvpcnet, "auto", frozen=True) == ["patch"]
