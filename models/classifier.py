@@ -156,10 +156,8 @@ class PatchTransformerClassifier(MissingModalityClassifier):
         if k:
             # patch_mean: the head of the mean over each pixel's P x P neighbourhood (inside the crop: a tile's halo
             # covers the rest). The head is affine, so that is the mean of the per-pixel logits: K channels to
-            # average, not M * width; as two 1-D means (rows, then columns), the same mean over the in-crop rectangle
-            size = 2 * k + 1
-            pooled = nn.functional.avg_pool2d(logits.float(), (size, 1), stride=1, padding=(k, 0), count_include_pad=False)
-            logits = nn.functional.avg_pool2d(pooled, (1, size), stride=1, padding=(0, k), count_include_pad=False).to(logits.dtype)
+            # average, not M * width
+            logits = dense.neighbourhood_mean(logits.float(), k).to(logits.dtype)
         cut = margin - inner
         return logits[:, :, cut : h - cut, cut : w - cut] if cut else logits
 

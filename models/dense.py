@@ -154,6 +154,19 @@ def row_chunks(batch: int, window_rows: int, rows_per_chunk: int) -> list[tuple[
     return [(b, slice(i, min(i + rows_per_chunk, window_rows))) for b in range(batch) for i in range(0, window_rows, rows_per_chunk)]
 
 
+def neighbourhood_mean(x: Tensor, radius: int) -> Tensor:
+    """Each pixel of ``x`` (B, C, H, W) as the mean over its (2 radius + 1)^2 neighbourhood inside the crop.
+
+    The ``patch_mean`` readout: what a patch's mean over its tokens is on the dense path. Two 1-D
+    means (rows, then columns) give the same mean over the in-crop rectangle, in less work.
+    """
+    if not radius:
+        return x
+    size = 2 * radius + 1
+    x = nn.functional.avg_pool2d(x, (size, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+    return nn.functional.avg_pool2d(x, (1, size), stride=1, padding=(0, radius), count_include_pad=False)
+
+
 def check_margin(margin: int, height: int, width: int) -> None:
     """A margin must be >= 0 and leave pixels of a ``height`` x ``width`` crop."""
     if margin < 0 or 2 * margin >= min(height, width):

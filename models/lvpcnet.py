@@ -392,12 +392,7 @@ class LVPCNet(MissingModalityClassifier):
 
     def _pooled(self, features: Tensor, cut: int) -> Tensor:
         """Features (B, H, W, width) averaged over each pixel's P x P neighbourhood inside the crop, ``cut`` px trimmed."""
-        k = self.readout_radius
-        x = features.float().permute(0, 3, 1, 2)
-        if k:
-            size = 2 * k + 1
-            x = nn.functional.avg_pool2d(x, (size, 1), stride=1, padding=(k, 0), count_include_pad=False)
-            x = nn.functional.avg_pool2d(x, (1, size), stride=1, padding=(0, k), count_include_pad=False)
+        x = dense.neighbourhood_mean(features.float().permute(0, 3, 1, 2), self.readout_radius)
         h, w = x.shape[-2:]
         return x[:, :, cut : h - cut, cut : w - cut].permute(0, 2, 3, 1)
 
